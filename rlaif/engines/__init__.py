@@ -1,0 +1,31 @@
+"""Text engines behind one protocol; `load_engine` builds the one a config block names."""
+
+from __future__ import annotations
+
+from rlaif.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from rlaif.errors import ConfigError
+
+__all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "load_engine", "resolve_model"]
+
+
+def resolve_model(name: str | None, field: str = "model") -> str:
+    """A model name or path; `toy:policy`/`toy:judge` resolve to the offline toy models (built on first use)."""
+    if not name:
+        raise ConfigError(f"field '{field}' is required: a model name or path (e.g. toy:policy)")
+    if name.startswith("toy:"):
+        from rlaif import toy
+
+        return toy.resolve(name)
+    return name
+
+
+def load_engine(block, field: str = "generate") -> Engine:
+    """Build the engine an `EngineBlock` (from the pipeline file) names."""
+    model = resolve_model(block.model, f"{field}.model")
+    if block.engine == "transformers":
+        from rlaif.engines.transformers import TransformersEngine
+
+        return TransformersEngine(model, dtype=block.dtype, device=block.device, batch_size=block.batch_size,
+                                  display_name=block.model)
+    raise ConfigError(f"field '{field}.engine': engine {block.engine!r} is not available in this build; "
+                      "allowed: transformers")

@@ -1,0 +1,60 @@
+"""The engine protocol: three batched primitives every stage and judge is built on.
+
+- `generate(requests)`: n completions per request (text, token count, finish reason, sum log-prob).
+- `score(prompts, continuations)`: teacher-forced log-probs of given continuation tokens.
+- `next_token_logprobs(prompts, tokens=..., top_k=...)`: the next-token distribution after each
+  prompt from one forward pass; judges read verdict tokens ("1"/"2", score digits) with it.
+
+A prompt is either chat messages (the engine applies the model's chat template with the
+generation prompt) or raw text (used as is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Union, runtime_checkable
+
+from rlaif.records import SamplingParams
+
+ChatPrompt = list[dict]
+PromptInput = Union[str, ChatPrompt]
+
+
+@dataclass
+class GenerationRequest:
+    prompt: PromptInput
+    params: SamplingParams
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    num_tokens: int
+    finish_reason: str  # "stop" | "length" | "error"
+    logprob_sum: float | None = None
+
+
+@dataclass
+class GenerationResult:
+    """The n completions of one request, or the reason it failed (then `completions` is empty)."""
+
+    completions: list[Completion] = field(default_factory=list)
+    failure: str | None = None
+    prompt_tokens: int = 0
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str  # "transformers" | "vllm" | "openai"
+    model_id: str
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def score(self, prompts: list[PromptInput], continuations: list[str]) -> list[list[float]]: ...
+
+    def next_token_logprobs(
+        self, prompts: list[PromptInput], tokens: list[str] | None = None, top_k: int | None = None
+    ) -> list[dict[str, float]]: ...
+
+    def close(self) -> None: ...

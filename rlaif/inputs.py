@@ -1,0 +1,183 @@
+"""Reading prompts: JSONL, Parquet, CSV or a saved `datasets` directory -> a validated Dataset.
+
+The result has an `id`, a `messages` chat list, and every other input column unchanged (carried
+through to the candidates, so verifiers, stratified review and GRPO find e.g. `solution` by name).
+Validation happens here, at the edge, with errors that name the file, the line or record, and the
+field. Rows are streamed into an Arrow file (memory-mapped), so a large input costs little memory.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+
+from rlaif.errors import InputError
+from rlaif.records import CANDIDATE_COLUMNS
+from rlaif.runs import fingerprint_files
+
+SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+RESERVED = set(CANDIDATE_COLUMNS) | {"messages"}
+
+
+def resolve_input(path: str) -> Path:
+    if path.startswith("toy:"):
+        from rlaif import toy
+
+        return Path(toy.resolve(path))
+    return Path(path)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Decoded lines with 1-based numbers; bad UTF-8 and NUL bytes are errors naming the line."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if b"\x00" in raw:
+                raise InputError(f"{path}:{number}: contains a NUL byte; expected UTF-8 text")
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{number}: not valid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    for number, line in _lines(path):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{number}: expected a JSON object per line, got {type(record).__name__}")
+        yield f"{path}:{number}", record
+
+
+def _csv_records(path: Path, prompt_column: str | None) -> Iterator[tuple[str, dict]]:
+    text = "".join(line for _, line in _lines(path))
+    reader = csv.DictReader(io.StringIO(text))
+    header = reader.fieldnames or []
+    wanted = prompt_column or "prompt"
+    if wanted not in header:
+        raise InputError(f"{path}:1: CSV header has columns {header}; expected a '{wanted}' column "
+                         "(or name the prompt column with --prompt-column)")
+    for number, row in enumerate(reader, start=2):
+        if None in row:
+            raise InputError(f"{path}:{number}: more fields than the header's {len(header)} columns")
+        yield f"{path}:{number}", row
+
+
+def _table_records(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
+    if kind == "parquet":
+        try:
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+        except Exception as e:  # pyarrow raises several types for a corrupt file
+            raise InputError(f"{path}: not a readable Parquet file ({e})") from None
+        rows = (row for batch in batches for row in batch.to_pylist())
+    else:
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except FileNotFoundError:
+            raise InputError(f"{path}: a directory, but not a saved `datasets` dataset (no dataset_info.json / "
+                             "state.json); expected a JSONL, Parquet or CSV file, or a save_to_disk directory") from None
+        if isinstance(ds, datasets.DatasetDict):
+            raise InputError(f"{path}: a DatasetDict with splits {list(ds)}; point --input at one split's directory")
+        rows = iter(ds)
+    for index, row in enumerate(rows):
+        yield f"{path} record {index}", row
+
+
+def _messages(where: str, column: str, value) -> list[dict]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise InputError(f"{where}: field '{column}' is empty; expected a non-empty prompt")
+        return [{"role": "user", "content": value}]
+    if isinstance(value, list) and value:
+        out = []
+        for k, m in enumerate(value):
+            if not isinstance(m, dict) or set(m) - {"role", "content"} or not isinstance(m.get("content"), str) \
+                    or m.get("role") not in ("system", "user", "assistant", "tool"):
+                raise InputError(f"{where}: field '{column}[{k}]' must be {{'role': system|user|assistant|tool, "
+                                 f"'content': string}}, got {json.dumps(m)[:120]}")
+            out.append({"role": m["role"], "content": m["content"]})
+        if not any(m["content"].strip() for m in out):
+            raise InputError(f"{where}: field '{column}' has only empty messages; expected a non-empty prompt")
+        return out
+    kind = "an empty list" if value == [] else type(value).__name__
+    raise InputError(f"{where}: field '{column}' must be a string or a list of chat messages, got {kind}")
+
+
+def prompt_id(messages: list[dict]) -> str:
+    """Deterministic id from the content, for inputs without an `id` column."""
+    return hashlib.sha1(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _validated(path: Path, kind: str, prompt_column: str | None) -> Iterator[dict]:
+    records = _jsonl_records(path) if kind == "jsonl" else _csv_records(path, prompt_column) if kind == "csv" \
+        else _table_records(path, kind)
+    seen: dict[str, str] = {}
+    column = prompt_column
+    for where, record in records:
+        if column is None:
+            column = "messages" if "messages" in record else "prompt"
+        if column not in record:
+            raise InputError(f"{where}: no '{column}' field (fields: {sorted(record)}); expected a 'prompt' string or a "
+                             "'messages' list, or name the column with --prompt-column")
+        messages = _messages(where, column, record[column])
+        raw_id = record.get("id")
+        if raw_id is None or raw_id == "":
+            pid = prompt_id(messages)
+        elif isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool):
+            pid = str(raw_id)
+        else:
+            raise InputError(f"{where}: field 'id' must be a string or an integer, got {type(raw_id).__name__}")
+        if pid in seen:
+            raise InputError(f"{where}: duplicate id {pid!r} (first at {seen[pid]}); ids must be unique "
+                             "(drop the 'id' column to derive ids from the content)")
+        seen[pid] = where
+        extras = {k: v for k, v in record.items() if k not in (column, "id")}
+        clash = sorted(set(extras) & RESERVED)
+        if clash:
+            raise InputError(f"{where}: column(s) {clash} clash with rlaif's own candidate columns; rename them")
+        yield {"id": pid, "messages": messages, **extras}
+    if not seen:
+        raise InputError(f"{path}: no records; expected at least one prompt")
+
+
+def _generate(path: str, kind: str, prompt_column: str | None, fingerprint: str):
+    yield from _validated(Path(path), kind, prompt_column)
+
+
+def read_prompts(path: str, prompt_column: str | None = None) -> tuple[datasets.Dataset, str]:
+    """Validated prompts as a memory-mapped Dataset, plus the input's content fingerprint."""
+    p = resolve_input(path)
+    if not p.exists():
+        raise InputError(f"{p}: input not found")
+    if p.is_dir():
+        kind = "datasets"
+        fingerprint = fingerprint_files([f for f in p.rglob("*") if f.is_file()])
+    else:
+        kind = SUFFIXES.get(p.suffix.lower())
+        if kind is None:
+            raise InputError(f"{p}: unknown file type {p.suffix or '(none)'!r}; expected .jsonl, .parquet, .csv or a "
+                             "saved datasets directory")
+        fingerprint = fingerprint_files([p])
+    fingerprint = hashlib.sha256(f"{fingerprint}:{prompt_column}".encode()).hexdigest()[:16]
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.Dataset.from_generator(
+            _generate, gen_kwargs={"path": str(p), "kind": kind, "prompt_column": prompt_column,
+                                   "fingerprint": fingerprint},
+        )
+    except datasets.exceptions.DatasetGenerationError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, InputError):
+            raise cause from None
+        raise InputError(f"{p}: could not read the prompts ({cause or e})") from None
+    return ds, fingerprint

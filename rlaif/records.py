@@ -1,0 +1,118 @@
+"""Records that cross the edges: input prompts, candidates, stage manifests.
+
+Rows move between stages as Arrow tables (`datasets.Dataset`); these pydantic models validate
+at the edges and document the columns. `CANDIDATE_FEATURES` is the Arrow schema of the
+generate stage's output, less the input's extra columns which are carried through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import datasets
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    content: str
+
+
+class Prompt(BaseModel):
+    """One input prompt after normalisation: an id and a chat message list."""
+
+    id: str = Field(min_length=1)
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _has_text(cls, messages: list[Message]) -> list[Message]:
+        if not any(m.content.strip() for m in messages):
+            raise ValueError("the prompt is empty")
+        return messages
+
+
+class SamplingParams(BaseModel):
+    """Sampling settings of a request, recorded on every candidate."""
+
+    n: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(256, ge=1)
+    stop: list[str] = Field(default_factory=list)
+
+
+class Candidate(BaseModel):
+    """One generated response. `failure` is set (and `text` empty) when the row could not be generated."""
+
+    prompt_id: str
+    prompt: list[Message]
+    candidate_index: int
+    text: str
+    num_tokens: int
+    finish_reason: Literal["stop", "length", "error"]
+    logprob_sum: float | None
+    engine: str
+    model: str
+    sampling: SamplingParams
+    seed: int
+    failure: str | None = None
+
+
+MESSAGES_FEATURE = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
+
+CANDIDATE_FEATURES = datasets.Features(
+    {
+        "prompt_id": datasets.Value("string"),
+        "prompt": MESSAGES_FEATURE,
+        "candidate_index": datasets.Value("int32"),
+        "text": datasets.Value("string"),
+        "num_tokens": datasets.Value("int32"),
+        "finish_reason": datasets.Value("string"),
+        "logprob_sum": datasets.Value("float64"),
+        "engine": datasets.Value("string"),
+        "model": datasets.Value("string"),
+        "sampling": {
+            "n": datasets.Value("int32"),
+            "temperature": datasets.Value("float64"),
+            "top_p": datasets.Value("float64"),
+            "max_new_tokens": datasets.Value("int32"),
+            "stop": [datasets.Value("string")],
+        },
+        "seed": datasets.Value("int64"),
+        "failure": datasets.Value("string"),
+    }
+)
+CANDIDATE_COLUMNS = tuple(CANDIDATE_FEATURES)
+
+
+class ShardRecord(BaseModel):
+    """A finished shard: what it holds and what it cost."""
+
+    rows: dict[str, int]
+    seconds: float
+    counts: dict[str, int | float] = Field(default_factory=dict)
+
+
+class StageManifest(BaseModel):
+    """`manifest.json` of one stage directory: enough to resume, refuse or report."""
+
+    stage: str
+    config_hash: str
+    input_fingerprint: str
+    config: dict
+    num_shards: int
+    shard_size: int
+    shards: dict[str, ShardRecord] = Field(default_factory=dict)
+    status: Literal["running", "complete"] = "running"
+    started_at: str
+    finished_at: str | None = None
+    seconds: float = 0.0
+    versions: dict[str, str] = Field(default_factory=dict)
+    summary: dict = Field(default_factory=dict)
+
+    def finished(self) -> set[int]:
+        return {int(k) for k in self.shards}

@@ -1,0 +1,179 @@
+"""The generate stage: prompts in, `n` candidate responses per prompt out.
+
+`generate_shard` is the pure step (a Dataset of prompts -> a Dataset of candidates);
+`generate` is the Python API over a whole Dataset; `run_generate` runs the stage over a run
+directory in resumable, seeded shards (seed = base seed + shard index).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+
+import datasets
+
+from rlaif.config import GenerateConfig, PipelineConfig, config_hash
+from rlaif.engines import Engine, GenerationRequest, load_engine
+from rlaif.errors import ConfigError
+from rlaif.inputs import read_prompts
+from rlaif.progress import StageProgress
+from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest
+from rlaif.runs import StageWriter, stage_dir
+from rlaif.templates import Template, load_template
+
+log = logging.getLogger(__name__)
+
+# Settings that change speed, not output: changing them does not invalidate finished shards.
+THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env"}
+
+
+def sampling_of(cfg: GenerateConfig) -> SamplingParams:
+    return SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                          max_new_tokens=cfg.max_new_tokens, stop=list(cfg.stop))
+
+
+def render_prompt(row: dict, system_prompt: str | None, template: Template | None) -> list[dict]:
+    """The chat sent to the model: optional system message, last user message wrapped by the template."""
+    messages = [dict(m) for m in row["messages"]]
+    if template is not None:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "user") if any(
+            m["role"] == "user" for m in messages) else len(messages) - 1
+        extras = {k: v for k, v in row.items() if k not in ("messages",)}
+        messages[last]["content"] = template.render(**{**extras, "prompt": messages[last]["content"]})
+    if system_prompt and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system_prompt})
+    return messages
+
+
+def generate_shard(prompts: datasets.Dataset, engine: Engine, params: SamplingParams, seed: int,
+                   system_prompt: str | None = None, template: Template | None = None) -> datasets.Dataset:
+    """Candidates for one shard of prompts: `len(prompts) * params.n` rows, input columns carried through."""
+    rows = prompts.to_list()
+    chats = [render_prompt(r, system_prompt, template) for r in rows]
+    results = engine.generate([GenerationRequest(prompt=c, params=params, seed=seed) for c in chats])
+    extra_columns = [c for c in prompts.column_names if c not in ("id", "messages")]
+    out: dict[str, list] = {c: [] for c in list(CANDIDATE_FEATURES) + extra_columns}
+    sampling = params.model_dump()
+    for row, chat, result in zip(rows, chats, results):
+        completions = result.completions or [None] * params.n
+        for k, c in enumerate(completions):
+            out["prompt_id"].append(row["id"])
+            out["prompt"].append(chat)
+            out["candidate_index"].append(k)
+            out["text"].append(c.text if c else "")
+            out["num_tokens"].append(c.num_tokens if c else 0)
+            out["finish_reason"].append(c.finish_reason if c else "error")
+            out["logprob_sum"].append(c.logprob_sum if c else None)
+            out["engine"].append(engine.name)
+            out["model"].append(engine.model_id)
+            out["sampling"].append(sampling)
+            out["seed"].append(seed)
+            out["failure"].append(result.failure)
+            for col in extra_columns:
+                out[col].append(row[col])
+    features = datasets.Features({**CANDIDATE_FEATURES, **{c: prompts.features[c] for c in extra_columns}})
+    return datasets.Dataset.from_dict(out, features=features)
+
+
+def _normalise(dataset: datasets.Dataset, prompt_column: str | None) -> datasets.Dataset:
+    """Python-API input: give every row an `id` and a `messages` list, as `read_prompts` does for files."""
+    from rlaif.inputs import _messages, prompt_id
+
+    column = prompt_column or ("messages" if "messages" in dataset.column_names else "prompt")
+    if column not in dataset.column_names:
+        raise ConfigError(f"dataset has columns {dataset.column_names}; expected a 'prompt' or 'messages' column")
+
+    def fix(row, index):
+        messages = _messages(f"dataset record {index}", column, row[column])
+        return {"messages": messages, "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(messages)}
+
+    drop = [column] if column != "messages" else []
+    return dataset.map(fix, with_indices=True, remove_columns=drop)
+
+
+def generate(dataset: datasets.Dataset, engine: Engine, *, n: int = 4, temperature: float = 1.0, top_p: float = 1.0,
+             max_new_tokens: int = 256, stop: list[str] | None = None, seed: int = 0, shard_size: int = 256,
+             system_prompt: str | None = None, template: str | None = None,
+             prompt_column: str | None = None) -> datasets.Dataset:
+    """Python API: `n` candidates for every prompt of `dataset`, seeded per shard exactly like the CLI."""
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop or [])
+    tpl = load_template(template, "generate", "template") if template else None
+    prompts = _normalise(dataset, prompt_column)
+    shards = [
+        generate_shard(prompts.select(range(s, min(s + shard_size, len(prompts)))), engine, params, seed + i,
+                       system_prompt, tpl)
+        for i, s in enumerate(range(0, len(prompts), shard_size))
+    ]
+    return datasets.concatenate_datasets(shards)
+
+
+def summarise(candidates_per_shard: list[dict]) -> dict:
+    total = Counter()
+    for c in candidates_per_shard:
+        total.update(c)
+    return dict(total)
+
+
+def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False,
+                 progress: bool = True, engine: Engine | None = None) -> StageManifest:
+    """Run the generate stage into `run/iter-K/generate/`, resuming finished shards."""
+    g = cfg.generate
+    if not g.input:
+        raise ConfigError("field 'generate.input' is required: a JSONL, Parquet or CSV file, a datasets directory, "
+                          "or toy:train / toy:test (flag --input)")
+    if not g.model and engine is None:
+        raise ConfigError("field 'generate.model' is required: a model name or path, or toy:policy (flag --model)")
+    template = load_template(g.template, "generate", "generate.template") if g.template else None
+    prompts, fingerprint = read_prompts(g.input, g.prompt_column)
+    num_shards = math.ceil(len(prompts) / g.shard_size)
+    settings = g.model_dump(mode="json", exclude=THROUGHPUT_ONLY)
+    writer = StageWriter(
+        stage_dir(run, "generate", iteration),
+        stage="generate",
+        config_hash=config_hash(g, cfg.seed, template.sha256 if template else None, exclude=THROUGHPUT_ONLY),
+        input_fingerprint=fingerprint,
+        config={**settings, "seed": cfg.seed, "template_sha256": template.sha256 if template else None},
+        num_shards=num_shards,
+        shard_size=g.shard_size,
+        overwrite=overwrite,
+    )
+    todo = [i for i in range(num_shards) if i not in writer.done]
+    if not todo and writer.complete:
+        log.info("generate: all %d shards already done in %s", num_shards, writer.dir)
+        return writer.manifest
+    params = sampling_of(g)
+    own_engine = engine is None
+    if engine is None and todo:
+        engine = load_engine(g, "generate")
+    try:
+        with StageProgress("generate", total=len(prompts), done=len(prompts) - _rows_left(todo, g.shard_size, len(prompts)),
+                           unit="prompts", enabled=progress) as bar:
+            for i in todo:
+                shard = prompts.select(range(i * g.shard_size, min((i + 1) * g.shard_size, len(prompts))))
+                t0 = time.perf_counter()
+                out = generate_shard(shard, engine, params, cfg.seed + i, g.system_prompt, template)
+                seconds = time.perf_counter() - t0
+                counts = {
+                    "prompts": len(shard),
+                    "candidates": len(out),
+                    "failed": sum(f is not None for f in out["failure"]),
+                    "tokens": sum(out["num_tokens"]),
+                    **{f"finish_{k}": v for k, v in Counter(out["finish_reason"]).items()},
+                }
+                writer.write_shard(i, {"candidates": out}, seconds, counts)
+                bar.advance(len(shard), tokens=counts["tokens"])
+    finally:
+        if own_engine and engine is not None:
+            engine.close()
+    totals = summarise([s.counts for s in writer.manifest.shards.values()])
+    gen_seconds = sum(s.seconds for s in writer.manifest.shards.values())
+    summary = {**totals, "generation_seconds": round(gen_seconds, 2),
+               "prompts_per_s": round(totals.get("prompts", 0) / gen_seconds, 2) if gen_seconds else None,
+               "tokens_per_s": round(totals.get("tokens", 0) / gen_seconds, 1) if gen_seconds else None}
+    return writer.finish(summary)
+
+
+def _rows_left(todo: list[int], shard_size: int, total: int) -> int:
+    return sum(min(shard_size, total - i * shard_size) for i in todo)

@@ -1,0 +1,50 @@
+"""Shared fixtures: the toy world is built once per test session into one cache.
+
+RLAIF_CACHE is set here (before anything imports rlaif) so every subprocess the tests start
+finds the same toy models. Override it to share a cache across checkouts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("RLAIF_CACHE", str(REPO / ".cache" / "rlaif"))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+RLAIF = [sys.executable, "-m", "rlaif.cli"]
+
+
+@pytest.fixture(scope="session")
+def toy_paths() -> dict[str, Path]:
+    from rlaif import toy
+
+    return toy.build()
+
+
+@pytest.fixture(scope="session")
+def policy_engine(toy_paths):
+    from rlaif.engines.transformers import TransformersEngine
+
+    return TransformersEngine(str(toy_paths["policy"]), batch_size=64)
+
+
+@pytest.fixture(scope="session")
+def toy_test_prompts(toy_paths):
+    """The first 40 held-out toy prompts, as a JSONL file."""
+    import json
+
+    path = toy_paths["prompts-test"].parent / "test-40.jsonl"
+    lines = toy_paths["prompts-test"].read_text().splitlines()[:40]
+    path.write_text("\n".join(lines) + "\n")
+    assert len(json.loads(lines[0])["messages"]) == 1
+    return path
+
+
+def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run `rlaif ...` in a real subprocess."""
+    return subprocess.run([*RLAIF, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
