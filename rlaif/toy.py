@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from filelock import FileLock
+
 log = logging.getLogger(__name__)
 
 TOY_VERSION = 1
@@ -48,8 +50,8 @@ class ToyRecipe:
     lr: float = 2e-3
     hold_fraction: float = 0.6
     final_lr_fraction: float = 0.05
-    policy_step: int = 1000
-    judge_step: int = 1600
+    policy_step: int = 1800
+    judge_step: int = 2400
     test_size: int = 1000
 
 
@@ -216,12 +218,20 @@ def _save(model, tok, path: Path, meta: dict) -> None:
 
 def build(recipe: ToyRecipe = ToyRecipe(), force: bool = False, progress: bool = True) -> dict[str, Path]:
     """Build (or reuse) the toy models and prompt files; returns their paths."""
+    root = toy_dir(recipe)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (parallel tests, a demo beside a test run) may ask at once: build once.
+    with FileLock(str(root) + ".lock"):
+        return _build_locked(root, recipe, force, progress)
+
+
+def _build_locked(root: Path, recipe: ToyRecipe, force: bool, progress: bool) -> dict[str, Path]:
     import torch
 
-    root = toy_dir(recipe)
     paths = {name: root / name for name in MODELS}
     paths.update({f"prompts-{s}": root / f"prompts-{s}.jsonl" for s in ("train", "test")})
     if not force and all(p.exists() for p in paths.values()):
+        paths["biased-judge"] = build_position_biased(root, paths["policy"], recipe)
         return paths
     root.mkdir(parents=True, exist_ok=True)
     for split in ("train", "test"):
@@ -268,13 +278,15 @@ def build(recipe: ToyRecipe = ToyRecipe(), force: bool = False, progress: bool =
             model.train()
             _save(model, tok, paths[name], meta)
             log.info("toy %s saved at step %d: greedy accuracy %.3f", name, step, meta["greedy_accuracy_test500"])
+    paths["biased-judge"] = build_position_biased(root, paths["policy"], recipe, force=True)
     return paths
 
 
 def resolve(name: str) -> str:
     """`toy:policy`, `toy:judge`, `toy:train`, `toy:test` -> a path in the cache (built on first use)."""
     key = name.split(":", 1)[1]
-    lookup = {"policy": "policy", "judge": "judge", "train": "prompts-train", "test": "prompts-test"}
+    lookup = {"policy": "policy", "judge": "judge", "train": "prompts-train", "test": "prompts-test",
+              "biased-judge": "biased-judge"}
     if key not in lookup:
         from rlaif.errors import ConfigError
 
@@ -290,3 +302,60 @@ def metadata_of(path: str | Path) -> dict:
     return json.loads((Path(path) / "toy.json").read_text())
 
 
+# ---------------------------------------------------------------- position-biased judge (issue 5)
+
+BIASED_STEPS = 40
+
+
+def build_position_biased(root: Path, policy: Path, recipe: ToyRecipe = ToyRecipe(), force: bool = False) -> Path:
+    """A judge that always answers "1" after the toy pairwise prompt: the position-bias tests' culprit.
+
+    The toy policy fine-tuned for a few dozen steps on toy-pairwise prompts (right and wrong
+    answers in random slots) whose target is always "1". Seconds to build; cached beside the others.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlaif.judges.prompting import judge_template, render
+
+    path = root / "biased-judge"
+    if path.exists() and not force:
+        return path
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(policy)
+    model = AutoModelForCausalLM.from_pretrained(policy)
+    template = judge_template("toy-pairwise")
+    rng = random.Random(recipe.seed + 1)
+    ids, masks = [], []
+    for a, b in problems(recipe.seed, recipe.test_size)["train"][:512]:
+        right, wrong = str(a + b), str(a + b + rng.choice([-10, -1, 1, 2, 10]))
+        first, second = (right, wrong) if rng.random() < 0.5 else (wrong, right)
+        chat = [{"role": "user", "content": render(template, question=question(a, b), response_a=first,
+                                                   response_b=second)}]
+        p = tok(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False), add_special_tokens=False)
+        p_ids = p["input_ids"]
+        f_ids = p_ids + tok("1" + tok.eos_token, add_special_tokens=False)["input_ids"]
+        ids.append(f_ids)
+        masks.append([0] * len(p_ids) + [1] * (len(f_ids) - len(p_ids)))
+    width = max(len(x) for x in ids)
+    input_ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x in ids])
+    loss_mask = torch.tensor([m + [0] * (width - len(m)) for m in masks])
+    attention = (input_ids != tok.pad_token_id).long()
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(BIASED_STEPS):
+        idx = torch.randint(0, len(ids), (16,), generator=gen)
+        logits = model(input_ids=input_ids[idx], attention_mask=attention[idx]).logits[:, :-1]
+        target = input_ids[idx][:, 1:].masked_fill(loss_mask[idx][:, 1:] == 0, -100)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.eval()
+    meta = {"name": "biased-judge", "step": BIASED_STEPS, "recipe": asdict(recipe), "final_loss": round(loss.item(), 4),
+            "greedy_accuracy_test500": greedy_accuracy(model, tok, problems(recipe.seed, recipe.test_size)["test"][:500]),
+            "seconds": round(time.perf_counter() - t0, 1)}
+    _save(model, tok, path, meta)
+    log.info("toy position-biased judge saved: loss %.4f in %.1fs", meta["final_loss"], meta["seconds"])
+    return path
