@@ -3,7 +3,8 @@
 The toy task is two-digit addition ("What is 12+34?" -> "46"): its answers are checkable, so a
 checker can evaluate policies and judges without trusting any model. One SFT run of a tiny Llama
 (head_dim 64, so vLLM's CPU kernels serve it) is snapshotted twice: early (`policy`, imperfect:
-~.7 greedy accuracy) and at the end (`judge`, a stronger model of the same task, ~.99). Everything
+~.37 greedy accuracy on held-out prompts) and at the end (`judge`, a stronger model of the same task,
+~.86; as a likelihood judge it agrees with the checker on ~.95 of right-vs-wrong pairs). Everything
 is built offline, deterministically from a seed, and cached under $RLAIF_CACHE/toy.
 """
 

@@ -1,0 +1,224 @@
+"""The evaluate stage: figures for this iteration's policy and reward model, stored in `iter-K/evaluate/`.
+
+- checked accuracy of greedy and of sampled answers on held-out prompts (tasks with a checker),
+  each with a 95% Wilson interval;
+- reward-model accuracy on held-out pairs (chosen scored above rejected), with its interval;
+- win rate of the new policy against the previous one under a judge: a likelihood judge (no
+  order to be biased by) or the pipeline's judge (pairwise judges ask both orders themselves).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+from pathlib import Path
+
+import datasets
+
+from rlaif.config import EvaluateConfig, PipelineConfig
+from rlaif.engines.base import GenerationRequest
+from rlaif.errors import ConfigError
+from rlaif.records import SamplingParams
+from rlaif.runs import dump_json, iteration_dir, now
+
+log = logging.getLogger(__name__)
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k/n (sound near 0 and 1, unlike the normal one)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def proportion(k: float, n: int) -> dict:
+    lo, hi = wilson(k, n)
+    return {"value": k / n if n else None, "ci95": [lo, hi], "n": n}
+
+
+def load_checker(spec: str):
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"field 'evaluate.checker': cannot import {spec!r} as module:function ({e})") from None
+
+
+def answers(engine, prompts: datasets.Dataset, *, temperature: float, n: int, max_new_tokens: int,
+            seed: int) -> list[list[str]]:
+    """n answers per prompt (greedy when temperature is 0)."""
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens)
+    results = engine.generate([GenerationRequest(prompt=m, params=params, seed=seed) for m in prompts["messages"]])
+    return [[c.text for c in r.completions] or [""] * n for r in results]
+
+
+def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
+                     n: int = 1, max_new_tokens: int = 32, seed: int = 0) -> dict:
+    """Share of answers the checker accepts, with a 95% Wilson interval over all answers."""
+    if solution_column not in prompts.column_names:
+        raise ConfigError(f"field 'evaluate.solution_column': the prompts have no {solution_column!r} column "
+                          f"(they have {prompts.column_names})")
+    outs = answers(engine, prompts, temperature=temperature, n=n, max_new_tokens=max_new_tokens, seed=seed)
+    right = sum(bool(checker(a, sol)) for texts, sol in zip(outs, prompts[solution_column]) for a in texts)
+    return proportion(right, len(outs) * n)
+
+
+def reward_model_accuracy(path: str, pairs: datasets.Dataset, *, batch_size: int = 64, device: str = "auto") -> dict:
+    """How often the reward model scores the chosen response above the rejected one on held-out pairs."""
+    from rlaif.judges.base import CandidateItem
+    from rlaif.judges.reward_model import RewardModelJudge
+
+    judge = RewardModelJudge(path, device=device, batch_size=batch_size)
+    items = [CandidateItem(prompt=p, text=c[-1]["content"], columns={}) for p, c in zip(pairs["prompt"], pairs["chosen"])]
+    items += [CandidateItem(prompt=p, text=r[-1]["content"], columns={}) for p, r in zip(pairs["prompt"], pairs["rejected"])]
+    scores = [s.score for s in judge.score(items)]
+    chosen, rejected = scores[: len(pairs)], scores[len(pairs) :]
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
+    margins = [c - r for c, r in zip(chosen, rejected)]
+    return {**proportion(wins, len(pairs)), "mean_margin": sum(margins) / len(margins)}
+
+
+def win_rate(judge, prompts: datasets.Dataset, new: list[str], old: list[str]) -> dict:
+    """P(new beats old) under `judge`, averaged over prompts; identical answers count as ties (.5).
+
+    A pairwise judge compares each pair in both orders itself (its `preference` averages them);
+    a scoring judge (likelihood, reward model, verifier) has no order: the higher score wins.
+    """
+    from rlaif.judges.base import CandidateItem, PairItem
+
+    differ = [i for i, (a, b) in enumerate(zip(new, old)) if a != b]
+    prefs = {i: 0.5 for i in range(len(new)) if i not in set(differ)}
+    rows = prompts.select(differ) if differ else None
+    if differ and hasattr(judge, "compare"):
+        pairs = [PairItem(prompt_id=str(rid), prompt=m, a=0, b=1, text_a=new[i], text_b=old[i])
+                 for i, rid, m in zip(differ, rows["id"], rows["messages"])]
+        for i, j in zip(differ, judge.compare(pairs)):
+            prefs[i] = 0.5 if j.preference is None else j.preference
+    elif differ:
+        extra = [c for c in rows.column_names if c not in ("id", "messages")]
+        items = [CandidateItem(prompt=row["messages"], text=t, columns={c: row[c] for c in extra})
+                 for row, i in zip(rows, differ) for t in (new[i], old[i])]
+        scores = [s.score for s in judge.score(items)]
+        for k, i in enumerate(differ):
+            a, b = scores[2 * k], scores[2 * k + 1]
+            prefs[i] = 0.5 if a is None or b is None or a == b else float(a > b)
+    wins = sum(prefs.values())
+    decided = [p for p in prefs.values() if p != 0.5]
+    return {**proportion(wins, len(new)), "ties": len(new) - len(decided), "judge": getattr(judge, "kind", "?")}
+
+
+def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.policy") -> dict:
+    """Greedy and sampled checked accuracy of one model on the held-out prompts (baselines, controls)."""
+    from rlaif.engines import resolve_model
+    from rlaif.inputs import read_prompts
+
+    e = cfg.evaluate
+    if not e.checker:
+        return {}
+    prompts, _ = read_prompts(e.prompts)
+    prompts = prompts.select(range(min(e.limit, len(prompts))))
+    checker = load_checker(e.checker)
+    engine = _engine(resolve_model(model, field), e)
+    try:
+        gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
+        return {"model": model,
+                "greedy_accuracy": checked_accuracy(engine, prompts, checker, e.solution_column, **gen),
+                "sampled_accuracy": checked_accuracy(engine, prompts, checker, e.solution_column,
+                                                     temperature=e.temperature, n=e.samples, **gen)}
+    finally:
+        engine.close()
+
+
+def _policy_paths(cfg: PipelineConfig, run: str | Path, iteration: int) -> tuple[str | None, str | None]:
+    from rlaif.engines import resolve_model
+    from rlaif.stages.train import previous_policy
+
+    e = cfg.evaluate
+    new = e.policy or (str(iteration_dir(run, iteration) / "policy")
+                       if (iteration_dir(run, iteration) / "policy").exists() else None)
+    old = e.previous
+    if old is None:
+        prev = previous_policy(run, iteration)
+        old = str(prev) if prev else (cfg.train.base or cfg.generate.model)
+    return (resolve_model(new, "evaluate.policy") if new else None, resolve_model(old, "evaluate.previous") if old else None)
+
+
+def _engine(path: str, e: EvaluateConfig):
+    from rlaif.engines.transformers import TransformersEngine
+
+    return TransformersEngine(path, device=e.device, dtype=e.dtype, batch_size=e.batch_size)
+
+
+def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, judge=None) -> dict:
+    """Evaluate iteration K's policy (and reward model, if any); write `iter-K/evaluate/metrics.json`."""
+    from rlaif.inputs import read_prompts
+    from rlaif.stages.train import load_export
+
+    e = cfg.evaluate
+    it_dir = iteration_dir(run, iteration)
+    new_path, old_path = _policy_paths(cfg, run, iteration)
+    metrics: dict = {"iteration": iteration, "policy": new_path, "previous": old_path, "at": now()}
+    prompts, _ = read_prompts(e.prompts)
+    prompts = prompts.select(range(min(e.limit, len(prompts))))
+    gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
+    new_engine = _engine(new_path, e) if new_path else None
+    if new_engine is not None and e.checker:
+        checker = load_checker(e.checker)
+        metrics["greedy_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column, **gen)
+        metrics["sampled_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column,
+                                                       temperature=e.temperature, n=e.samples, **gen)
+    if new_engine is not None and old_path and e.judge and old_path != new_path:
+        if judge is None:
+            judge = _judge(cfg, e)
+        new = [a[0] for a in answers(new_engine, prompts, temperature=0.0, n=1, **gen)]
+        new_engine.close()
+        old_engine = _engine(old_path, e)
+        old = [a[0] for a in answers(old_engine, prompts, temperature=0.0, n=1, **gen)]
+        if e.checker:
+            checker = load_checker(e.checker)
+            metrics["previous_greedy_accuracy"] = proportion(
+                sum(bool(checker(a, s)) for a, s in zip(old, prompts[e.solution_column])), len(old))
+        old_engine.close()
+        metrics["win_rate"] = win_rate(judge, prompts, new, old)
+    rm_path = e.reward_model or (str(it_dir / "reward_model") if (it_dir / "reward_model").exists() else None)
+    pairs_path = Path(e.pairs) if e.pairs else it_dir / "export" / "preference"
+    if rm_path and pairs_path.exists():
+        export = load_export(pairs_path, "preference")
+        held_out = export.get("test")
+        if held_out is None:
+            log.warning("evaluate: %s has no test split; the reward model is scored on its training pairs", pairs_path)
+            held_out = export["train"]
+        metrics["reward_model_accuracy"] = {**reward_model_accuracy(rm_path, held_out, batch_size=e.batch_size,
+                                                                    device=e.device),
+                                            "held_out": "test" in export}
+    out = it_dir / "evaluate"
+    out.mkdir(parents=True, exist_ok=True)
+    dump_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def _judge(cfg: PipelineConfig, e: EvaluateConfig):
+    if e.judge == "pipeline":
+        if getattr(cfg, "judge", None) is None:
+            raise ConfigError("field 'evaluate.judge': 'pipeline' needs a judge section in the pipeline file")
+        from rlaif.judges import build_judge
+
+        return build_judge(cfg.judge, seed=cfg.seed)
+    from rlaif.engines import resolve_model
+    from rlaif.judges.likelihood import LikelihoodJudge
+
+    return LikelihoodJudge(_engine(resolve_model(e.judge_model, "evaluate.judge_model"), e))
+
+
+def summary_rows(metrics: dict) -> dict:
+    """Flat rows for the CLI's summary table."""
+    rows = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict) and "value" in value:
+            lo, hi = value["ci95"]
+            rows[key] = f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
+    return rows

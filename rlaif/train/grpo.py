@@ -1,0 +1,80 @@
+"""GRPO (`GRPOTrainer`): sample a group of answers per prompt, reward them, push toward the better ones.
+
+The reward is a plain function with TRL's signature `f(completions, **columns) -> list[float]`:
+a verifier named `module:function`, a trained reward model (TRL scores with it directly), or a
+judge wrapped as such a function. Prompt columns other than `prompt` (e.g. `solution`) reach it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import datasets
+
+from rlaif.config import TrainConfig
+from rlaif.errors import ConfigError
+from rlaif.train.common import lora_config, trainer_args
+
+
+def load_function(spec: str, field: str):
+    """`package.module:function` -> the function, with an error that names the field."""
+    module_name, _, name = spec.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"field '{field}': {spec!r} is not module:function (e.g. rlaif.toy:accuracy_reward)")
+    try:
+        fn = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"field '{field}': cannot import {spec!r}: {e}") from None
+    if not callable(fn):
+        raise ConfigError(f"field '{field}': {spec!r} is not callable")
+    return fn
+
+
+def resolve_reward(spec: str | None, reward_model_dir: Path | None = None, judge=None):
+    """The `train.grpo.reward` setting -> what `GRPOTrainer(reward_funcs=...)` takes."""
+    if not spec:
+        raise ConfigError("field 'train.grpo.reward' is required for grpo: module:function (a verifier), "
+                          "reward_model, a reward-model path, or judge")
+    if spec == "reward_model":
+        if reward_model_dir is None or not (reward_model_dir / "config.json").exists():
+            raise ConfigError(f"field 'train.grpo.reward': no trained reward model at {reward_model_dir}; "
+                              "run `rlaif train rm` first or give a path")
+        return str(reward_model_dir)
+    if spec == "judge":
+        if judge is None:
+            raise ConfigError("field 'train.grpo.reward': 'judge' needs the pipeline's judge section "
+                              "(a scoring judge: likelihood, pointwise, reward-model or verifier)")
+        return judge_reward(judge)
+    if Path(spec).is_dir():
+        return spec
+    return load_function(spec, "train.grpo.reward")
+
+
+def judge_reward(judge):
+    """Wrap a scoring judge (`rlaif.judges.ScoringJudge`) as a TRL reward function; no score -> None."""
+    from rlaif.judges.base import CandidateItem
+
+    def reward(prompts, completions, **columns):
+        items = []
+        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+            text = completion[-1]["content"] if isinstance(completion, list) else completion
+            row = {k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(prompts)}
+            items.append(CandidateItem(prompt=prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
+                                       text=text, columns=row))
+        return [s.score for s in judge.score(items)]
+
+    reward.__name__ = f"judge_{getattr(judge, 'kind', type(judge).__name__)}"
+    return reward
+
+
+def build_grpo_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, output_dir: Path, seed: int,
+                       tokenizer, reward, eval_dataset: datasets.Dataset | None = None, callbacks=()):
+    from trl import GRPOConfig, GRPOTrainer
+
+    g = cfg.grpo
+    args = GRPOConfig(**trainer_args(cfg, "grpo", output_dir, seed), num_generations=g.num_generations,
+                      max_completion_length=g.max_completion_length, temperature=g.temperature, beta=g.kl_beta)
+    return GRPOTrainer(model=base, reward_funcs=reward, args=args, train_dataset=train, eval_dataset=eval_dataset,
+                       processing_class=tokenizer, peft_config=lora_config(cfg.lora, "CAUSAL_LM"),
+                       callbacks=list(callbacks))

@@ -1,0 +1,67 @@
+"""`rlaif evaluate`: checked accuracy with Wilson intervals, reward-model accuracy, win rate; stored in the run."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import pytest
+
+from conftest import run_cli
+from rlaif import toy
+from rlaif.config import load_config
+from rlaif.stages.evaluate import proportion, wilson, win_rate
+from test_train import FAST, write_exports
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # never a zero-width interval at 0
+    assert proportion(81, 100)["ci95"] == pytest.approx([0.7222, 0.8749], abs=1e-4)
+
+
+def test_win_rate_counts_ties_and_uses_the_judge():
+    from rlaif.judges.verifier import VerifierJudge
+
+    rows = toy.prompt_rows("test")[:4]
+    prompts = datasets.Dataset.from_list(rows)
+    sols = [r["solution"] for r in rows]
+    new = [sols[0], sols[1], "0", sols[3]]
+    old = [sols[0], "0", sols[2], "1"]  # tie, new wins, old wins, new wins
+    out = win_rate(VerifierJudge("rlaif.toy:accuracy_reward"), prompts, new, old)
+    assert out["value"] == pytest.approx((0.5 + 1 + 0 + 1) / 4) and out["ties"] == 1 and out["n"] == 4
+
+
+def test_evaluate_run_stores_figures(tmp_path, toy_paths):
+    from rlaif import generate
+    from rlaif.engines.transformers import TransformersEngine
+    from rlaif.stages.evaluate import run_evaluate
+    from rlaif.stages.train import run_train
+
+    run = tmp_path / "run"
+    write_exports(run, n_train=64, n_test=48)
+    cfg = load_config(None, FAST)
+    run_train(cfg, run, method="sft", progress=False)
+    run_train(cfg, run, method="rm", progress=False)
+    cfg = load_config(None, FAST + ["evaluate.limit=40", "evaluate.max_new_tokens=6", "evaluate.samples=2"])
+    metrics = run_evaluate(cfg, run)
+    stored = json.loads((run / "iter-000" / "evaluate" / "metrics.json").read_text())
+    assert stored["greedy_accuracy"] == metrics["greedy_accuracy"]
+    greedy, sampled = metrics["greedy_accuracy"], metrics["sampled_accuracy"]
+    assert greedy["n"] == 40 and sampled["n"] == 80
+    for fig in (greedy, sampled, metrics["win_rate"], metrics["reward_model_accuracy"]):
+        lo, hi = fig["ci95"]
+        assert 0 <= lo <= fig["value"] <= hi <= 1
+    # the greedy figure is what the checker says about the policy's own greedy answers
+    engine = TransformersEngine(str(run / "iter-000" / "policy"))
+    rows = toy.prompt_rows("test")[:40]
+    out = generate(datasets.Dataset.from_list(rows), engine, n=1, temperature=0, max_new_tokens=6)
+    assert greedy["value"] == pytest.approx(sum(toy.check(t, s) for t, s in zip(out["text"], out["solution"])) / 40)
+    assert metrics["previous"] == toy.resolve("toy:policy") and metrics["win_rate"]["judge"] == "likelihood"
+    assert metrics["reward_model_accuracy"]["n"] == 48 and metrics["reward_model_accuracy"]["held_out"] is True
+
+    cli = run_cli("evaluate", run, "--limit", "8", "--max-new-tokens", "6")
+    assert cli.returncode == 0, cli.stderr
+    assert "greedy_accuracy" in cli.stderr and "n=8" in cli.stderr and "reward_model_accuracy" in cli.stderr
