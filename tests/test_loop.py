@@ -1,0 +1,192 @@
+"""The self-improving loop, the shipped pipeline files and the report, end to end at tiny size."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, RLAIF, run_cli
+from rlaif.config import load_config
+from rlaif.errors import ConfigError
+from rlaif.runs import read_manifest
+
+PIPELINES = REPO / "pipelines"
+# Tiny sizes shared by every run here: a few dozen prompts, a few training steps, 20 held-out prompts.
+TINY = ["generate.limit=32", "generate.shard_size=16", "judge.shard_size=16", "evaluate.limit=20",
+        "train.max_steps=3", "review.sample_size=10", "review.min_reviewed=5", "review.min_agreement=0.3"]
+
+
+def _sets(*extra: str) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def _state(run: Path) -> dict:
+    return json.loads((run / "loop.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory, toy_paths):
+    """pipelines/demo.yaml, 2 iterations, uninterrupted: the reference the resume test compares with."""
+    run = tmp_path_factory.mktemp("loop") / "demo"
+    result = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q", *_sets("loop.iterations=2"), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run, result
+
+
+def test_demo_pipeline_runs_two_iterations(demo_run):
+    run, result = demo_run
+    state = _state(run)
+    assert state["status"] == "complete" and len(state["iterations"]) == 2
+    first, second = state["iterations"]
+    assert second["policy_in"] == str(run / "iter-000" / "policy")  # iteration 1 generates with what 0 trained
+    for it in state["iterations"]:
+        m = it["metrics"]
+        assert m["greedy_accuracy"]["n"] == 20 and 0 <= m["greedy_accuracy"]["value"] <= 1
+        lo, hi = m["greedy_accuracy"]["ci95"]
+        assert lo <= m["greedy_accuracy"]["value"] <= hi
+        assert it["review"]["simulated"] and it["review"]["passed"]
+        assert it["control"]["greedy_accuracy"]["n"] == 20
+        assert it["stages"]["filter"]["summary"]["pairs"] > 0
+    assert state["baseline"]["greedy_accuracy"]["n"] == 20
+    assert state["judge_quality"]["model"] == "toy:judge"
+    # the best policy so far: the start model when no iteration beat it on held-out accuracy
+    if state["best_iteration"] is None:
+        assert state["final_model"] == "toy:policy"
+    else:
+        best = state["iterations"][state["best_iteration"]]["metrics"]["greedy_accuracy"]["value"]
+        assert best > state["baseline"]["greedy_accuracy"]["value"] and Path(state["final_model"]).exists()
+    assert "final model:" in result.stderr and "report:" in result.stderr
+    html = (run / "report.html").read_text()
+    assert html.count("<svg") >= 2 and "judge model, greedy" in html and html.count("<tr>") >= 3
+
+
+def test_kill_mid_iteration_then_resume(demo_run, tmp_path):
+    reference, _ = demo_run
+    run = tmp_path / "demo"
+    args = [*RLAIF, "run", str(PIPELINES / "demo.yaml"), "--out", str(run), "-q", *_sets("loop.iterations=2")]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    filter_manifest = run / "iter-000" / "filter" / "manifest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if filter_manifest.exists() and read_manifest(filter_manifest.parent).status == "complete":
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert read_manifest(run / "iter-000" / "generate").status == "complete"
+    assert not (run / "iter-000" / "policy" / "rlaif_train.json").exists(), "the kill must land before training ended"
+    assert not (run / "iter-001").exists(), "iteration 1 must remain unfinished at the kill"
+    generated = read_manifest(run / "iter-000" / "generate").finished_at
+
+    resumed = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q", *_sets("loop.iterations=2"), timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert read_manifest(run / "iter-000" / "generate").finished_at == generated  # not redone
+    mine, theirs = _state(run), _state(reference)
+    for a, b in zip(mine["iterations"], theirs["iterations"], strict=True):
+        for key in ("greedy_accuracy", "sampled_accuracy"):
+            assert a["metrics"][key]["value"] == b["metrics"][key]["value"]
+        assert a["stages"]["filter"]["summary"]["pairs"] == b["stages"]["filter"]["summary"]["pairs"]
+
+
+def test_failing_gate_stops_the_loop(tmp_path, toy_paths):
+    run = tmp_path / "gated"
+    result = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q",
+                     *_sets("loop.iterations=2", "review.min_agreement=0.999", "loop.control=false"), timeout=600)
+    assert result.returncode == 4, result.stderr[-2000:]
+    assert "review gate failed" in result.stderr and "agreement" in result.stderr
+    state = _state(run)
+    assert state["status"] == "stopped" and len(state["iterations"]) == 1
+    assert not (run / "iter-000" / "policy").exists() and not (run / "iter-000" / "export").exists()
+
+
+def test_human_review_makes_the_loop_wait_then_continue(tmp_path, toy_paths):
+    run = tmp_path / "human"
+    sets = _sets("loop.iterations=1", "review.reviewer=human", "loop.control=false", "review.min_agreement=0")
+    waiting = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q", *sets, timeout=600)
+    assert waiting.returncode == 3, waiting.stderr[-2000:]
+    assert f"rlaif review {run} --iteration 0" in waiting.stderr
+    assert _state(run)["status"] == "waiting-for-review"
+    # a person reviews (here: the store's own API, as the web app calls it), then the same command goes on
+    from rlaif.review.store import ReviewStore
+
+    store = ReviewStore(run / "iter-000" / "review" / "review.sqlite")
+    reviewer = store.register("alice")
+    answered = 0
+    while (item := store.next_item(reviewer)) is not None:
+        store.record(reviewer, item, "A")
+        answered += 1
+    assert answered == 10
+    done = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q", *sets, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _state(run)["status"] == "complete" and (run / "iter-000" / "policy").exists()
+
+
+@pytest.mark.parametrize("name, extra", [
+    ("self-rewarding.yaml", ["loop.iterations=1", "review.min_agreement=0"]),
+    ("rlaif-pairwise.yaml", ["loop.iterations=1", "generate.limit=16", "train.grpo.num_generations=2",
+                             "train.batch_size=4"]),
+    ("ultrafeedback.yaml", ["generate.limit=8", "filter.min_margin=null"]),
+])
+def test_shipped_pipeline_runs_end_to_end(tmp_path, toy_paths, name, extra):
+    run = tmp_path / name.removesuffix(".yaml")
+    result = run_cli("run", PIPELINES / name, "--out", run, "-q", *_sets(*extra), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = _state(run)
+    assert state["status"] == "complete"
+    assert (run / "iter-000" / "export" / "preference" / "dataset_dict.json").exists()
+    if name == "ultrafeedback.yaml":
+        assert not (run / "iter-000" / "policy").exists()  # dataset generation only
+    else:
+        assert (run / "iter-000" / "policy" / "rlaif_train.json").exists()
+    if name == "rlaif-pairwise.yaml":
+        assert (run / "iter-000" / "reward_model").exists()
+        assert read_manifest(run / "iter-000" / "judge").summary["comparisons"] > 0
+
+
+BROKEN = {
+    "unknown_key": ("generate:\n  model: toy:policy\n  temprature: 1\n", "unknown key 'generate.temprature'"),
+    "wrong_type": ("loop:\n  iterations: many\n", "field 'loop.iterations'"),
+    "bad_threshold": ("review:\n  min_agreement: 1.5\n", "field 'review.min_agreement'"),
+    "bad_choice": ("judge:\n  kind: oracle\n", "field 'judge.kind'"),
+    "bad_template": ("judge:\n  template: [1, 2]\n", "field 'judge.template'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_pipeline_files_name_the_field(tmp_path, case):
+    text, expected = BROKEN[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and expected in str(err.value)
+
+
+def test_missing_model_is_a_one_line_cli_error(tmp_path):
+    path = tmp_path / "no-model.yaml"
+    path.write_text("generate:\n  input: toy:test\n")
+    result = run_cli("run", path, "--out", tmp_path / "run", "-q")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "field 'generate.model' is required" in result.stderr
+
+
+def test_report_in_a_real_browser(demo_run):
+    from playwright.sync_api import sync_playwright
+
+    run, _ = demo_run
+    artifacts = REPO / "tests" / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 1100})
+        page.goto((run / "report.html").as_uri())
+        assert page.locator("svg").count() >= 2
+        assert page.locator("table tbody tr").count() >= 2
+        assert "Per iteration" in page.inner_text("body")
+        page.screenshot(path=str(artifacts / "report.png"), full_page=True)
+        browser.close()
+    assert (artifacts / "report.png").stat().st_size > 10_000
