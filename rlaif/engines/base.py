@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Union, runtime_checkable
 
+from rlaif.errors import EngineError
 from rlaif.records import SamplingParams
 
 ChatPrompt = list[dict]
@@ -58,3 +59,20 @@ class Engine(Protocol):
     ) -> list[dict[str, float]]: ...
 
     def close(self) -> None: ...
+
+
+def encode_prompt(tokenizer, prompt: PromptInput) -> list[int]:
+    """Token ids of a prompt as local engines see it: chat messages through the model's chat template
+    (with the generation prompt; the template adds its own special tokens), raw text as is."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def single_token_id(tokenizer, token: str, model_id: str) -> int:
+    """The id of a verdict token; judges read one next-token distribution, so it must be one token."""
+    ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise EngineError(f"{token!r} is {len(ids)} tokens for model {model_id!r}; verdict tokens must be single tokens")
+    return ids[0]

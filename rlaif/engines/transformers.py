@@ -16,7 +16,8 @@ from itertools import groupby
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, PromptInput
+from rlaif.engines.base import (Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompt,
+                               single_token_id)
 from rlaif.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,7 @@ class TransformersEngine:
     # ------------------------------------------------------------ encoding
 
     def encode(self, prompt: PromptInput) -> list[int]:
-        """Token ids of a prompt: chat messages through the chat template (with the generation prompt)."""
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            return tok(prompt)["input_ids"]
-        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
+        return encode_prompt(self.tokenizer, prompt)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -223,11 +219,7 @@ class TransformersEngine:
         return out
 
     def token_id(self, token: str) -> int:
-        ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise EngineError(f"{token!r} is {len(ids)} tokens for model {self.model_id!r}; verdict tokens must be "
-                              "single tokens")
-        return ids[0]
+        return single_token_id(self.tokenizer, token, self.model_id)
 
     @torch.inference_mode()
     def next_token_logprobs(self, prompts: list[PromptInput], tokens: list[str] | None = None,
