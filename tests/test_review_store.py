@@ -151,5 +151,13 @@ def test_cli_simulate_stats_and_gate(run):
                   "--gate")
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: review gate failed")
     assert "Traceback" not in res.stderr and "agreement below review.min_agreement = 0.99" in res.stderr
+    # once a review exists, export refuses to go on when its gate fails, and goes on when it passes
+    res = run_cli("export", run, "--set", "review.sample_size=20", "--set", "review.min_agreement=0.99")
+    assert res.returncode == 2 and "review gate failed" in res.stderr and "Traceback" not in res.stderr
+    assert not (run / "iter-000" / "export").exists()
+    res = run_cli("export", run, "--set", "review.sample_size=20", "--set", "review.min_reviewed=5",
+                  "--min-agreement", "0.0")
+    assert res.returncode == 0, res.stderr
+    assert (run / "iter-000" / "export" / "preference" / "dataset_dict.json").exists()
     res = run_cli("review", run.parent / "nope", "--stats")
     assert res.returncode == 2 and "run the filter stage first" in res.stderr

@@ -66,14 +66,16 @@ def apply_review(pairs: datasets.Dataset, reviewed_only: bool = False) -> datase
 
 def review_gate(cfg: PipelineConfig, run: str, iteration: int, *, min_agreement: float | None,
                 reviewed_only: bool) -> None:
-    """HOOK for the review stage: refuse to export when the judge-human agreement gate fails.
+    """Refuse to export when the judge-human agreement gate fails.
 
-    Called by `run_export` before anything is written. The gate runs when asked for (`--min-agreement`
-    or `--reviewed-only`); whether it should also run by default is the review stage's decision.
+    Called by `run_export` before anything is written. The gate runs whenever this iteration has a
+    review (`iter-K/review/review.sqlite`), with `review.min_agreement` / `review.min_reviewed`, and
+    when asked for (`--min-agreement`, which overrides the threshold, or `--reviewed-only`).
     """
-    if min_agreement is None and not reviewed_only:
+    from rlaif.review.gate import check_gate, store_path
+
+    if min_agreement is None and not reviewed_only and not store_path(run, iteration).exists():
         return
-    from rlaif.review.gate import check_gate
 
     threshold = cfg.review.min_agreement if min_agreement is None else min_agreement
     result = check_gate(run, iteration, threshold, cfg.review.min_reviewed)
