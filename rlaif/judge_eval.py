@@ -23,18 +23,9 @@ from rlaif.errors import InputError
 from rlaif.judges.base import CandidateItem, PairItem
 from rlaif.judges.prompting import FIXED_TAG
 from rlaif.judges.verifier import load_function
+from rlaif.stats import wilson
 
 ATTACKS = Path(__file__).resolve().parent.parent / "prompts" / "injection" / "attacks.yaml"
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (centre - half, centre + half)
 
 
 def expected_calibration_error(probs: list[float], outcomes: list[int], bins: int = 10) -> float:

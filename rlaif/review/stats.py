@@ -26,6 +26,8 @@ from collections import defaultdict
 from scipy.stats import norm
 from sklearn.metrics import cohen_kappa_score
 
+from rlaif.stats import wilson
+
 SHOWN_LABELS = ["A", "B", "tie", "both-bad"]
 JUDGE_LABELS = ["chosen", "rejected", "tie", "both-bad"]
 
@@ -34,11 +36,7 @@ def wilson_interval(successes: float, n: float, confidence: float = 0.95) -> tup
     """Wilson score interval for a proportion; `n` may be an effective (non-integer) sample size."""
     if n <= 0:
         return None
-    z = norm.ppf(0.5 + confidence / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return wilson(successes, n, z=float(norm.ppf(0.5 + confidence / 2)))
 
 
 def kappa(a: list[str], b: list[str], labels: list[str]) -> float | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import math
 from pathlib import Path
 
 import datasets
@@ -21,18 +20,9 @@ from rlaif.engines.base import GenerationRequest
 from rlaif.errors import ConfigError
 from rlaif.records import SamplingParams
 from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.stats import wilson
 
 log = logging.getLogger(__name__)
-
-
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a proportion k/n (sound near 0 and 1, unlike the normal one)."""
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def proportion(k: float, n: int) -> dict:
