@@ -13,7 +13,7 @@ import logging
 
 from rlaif.engines import Engine, GenerationRequest
 from rlaif.judges.base import PairItem, Provenance, combine, question_of
-from rlaif.judges.parsing import normalise, parse_verdict
+from rlaif.judges.parsing import ask_for_verdicts, normalise
 from rlaif.judges.prompting import judge_template, render, verdict_tokens
 from rlaif.records import Judgment, SamplingParams
 
@@ -70,30 +70,10 @@ class PairwiseJudge:
 
     def _text(self, chats: list) -> tuple[list, list, list]:
         """Generate, parse strictly; re-ask the failures (sampled) up to `parse_retries` times."""
-        firsts: list[float | None] = [None] * len(chats)
-        raws: list[str | None] = [None] * len(chats)
-        failures: list[str | None] = [None] * len(chats)
-        todo = list(range(len(chats)))
-        for attempt in range(self.parse_retries + 1):
-            params = SamplingParams(n=1, temperature=0.0 if attempt == 0 else 1.0, max_new_tokens=self.max_new_tokens)
-            results = self.engine.generate([GenerationRequest(chats[i], params, self.seed + attempt) for i in todo])
-            still = []
-            for i, result in zip(todo, results):
-                if result.failure or not result.completions:
-                    failures[i] = f"engine: {result.failure}"
-                    still.append(i)
-                    continue
-                raws[i] = result.completions[0].text
-                verdict, why = parse_verdict(raws[i], self.verdicts)
-                if verdict is None:
-                    failures[i] = f"parse failed after {attempt + 1} attempt(s): {why}"
-                    still.append(i)
-                else:
-                    firsts[i], failures[i] = (1.0 if verdict == self.verdicts[0] else 0.0), None
-            todo = still
-            if not todo:
-                break
-        return firsts, raws, failures
+        asked = ask_for_verdicts(self.engine, chats, self.verdicts, retries=self.parse_retries,
+                                 max_new_tokens=self.max_new_tokens, seed=self.seed)
+        firsts = [None if v is None else (1.0 if v == self.verdicts[0] else 0.0) for v, _, _ in asked]
+        return firsts, [raw for _, raw, _ in asked], [failure for _, _, failure in asked]
 
     def _cot(self, chats: list) -> tuple[list, list, list]:
         """Rationale by greedy decoding (stopped at "Verdict:"), then the verdict tokens' probabilities after it."""

@@ -40,3 +40,37 @@ def normalise(logprobs: dict[str, float], tokens: list[str]) -> list[float] | No
     weights = [math.exp(v - top) for v in values]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def ask_for_verdicts(engine, chats: list, verdicts: list[str], *, retries: int, max_new_tokens: int,
+                     seed: int) -> list[tuple[str | None, str | None, str | None]]:
+    """Generate a verdict per chat and parse it strictly; re-ask the failures up to `retries` times.
+
+    Re-asks are sampled (temperature 1, seed + attempt): a greedy re-ask would repeat the same answer.
+    Returns (verdict, raw text, failure) per chat: a failure is recorded with the raw text, never raised.
+    """
+    from rlaif.engines import GenerationRequest
+    from rlaif.records import SamplingParams
+
+    out: list[tuple[str | None, str | None, str | None]] = [(None, None, "not judged")] * len(chats)
+    todo = list(range(len(chats)))
+    for attempt in range(retries + 1):
+        params = SamplingParams(n=1, temperature=0.0 if attempt == 0 else 1.0, max_new_tokens=max_new_tokens)
+        results = engine.generate([GenerationRequest(chats[i], params, seed + attempt) for i in todo])
+        still = []
+        for i, result in zip(todo, results):
+            if result.failure or not result.completions:
+                out[i] = (None, out[i][1], f"engine: {result.failure}")
+                still.append(i)
+                continue
+            raw = result.completions[0].text
+            verdict, why = parse_verdict(raw, verdicts)
+            if verdict is None:
+                out[i] = (None, raw, f"parse failed after {attempt + 1} attempt(s): {why}")
+                still.append(i)
+            else:
+                out[i] = (verdict, raw, None)
+        todo = still
+        if not todo:
+            break
+    return out

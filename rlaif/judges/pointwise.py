@@ -8,11 +8,10 @@ and the distribution the mixture of the aspects' distributions.
 
 from __future__ import annotations
 
-from rlaif.engines import Engine, GenerationRequest
+from rlaif.engines import Engine
 from rlaif.judges.base import CandidateItem, Provenance, Score, question_of
-from rlaif.judges.parsing import normalise, parse_verdict
+from rlaif.judges.parsing import ask_for_verdicts, normalise
 from rlaif.judges.prompting import judge_template, render, verdict_tokens
-from rlaif.records import SamplingParams
 
 
 class PointwiseJudge:
@@ -74,21 +73,6 @@ class PointwiseJudge:
         return out
 
     def _text(self, chats: list) -> list[Score]:
-        out = [Score(None, failure="not judged")] * len(chats)
-        todo = list(range(len(chats)))
-        for attempt in range(self.parse_retries + 1):
-            params = SamplingParams(n=1, temperature=0.0 if attempt == 0 else 1.0, max_new_tokens=self.max_new_tokens)
-            results = self.engine.generate([GenerationRequest(chats[i], params, self.seed + attempt) for i in todo])
-            still = []
-            for i, result in zip(todo, results):
-                raw = result.completions[0].text if result.completions else None
-                verdict, why = parse_verdict(raw, self.verdicts) if raw is not None else (None, f"engine: {result.failure}")
-                if verdict is None:
-                    out[i] = Score(None, raw_text=raw, failure=f"parse failed after {attempt + 1} attempt(s): {why}")
-                    still.append(i)
-                else:
-                    out[i] = Score(float(verdict), raw_text=raw)
-            todo = still
-            if not todo:
-                break
-        return out
+        asked = ask_for_verdicts(self.engine, chats, self.verdicts, retries=self.parse_retries,
+                                 max_new_tokens=self.max_new_tokens, seed=self.seed)
+        return [Score(None if v is None else float(v), raw_text=raw, failure=failure) for v, raw, failure in asked]
