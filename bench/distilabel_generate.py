@@ -15,9 +15,10 @@ from distilabel.steps.tasks import TextGeneration
 def main():
     model, path, k, n, max_new, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
     rows = [json.loads(x) for x in open(path)][:k]
-    llm = TransformersLLM(model=model, device="cpu", torch_dtype="float32")
-    task = TextGeneration(llm=llm, num_generations=n, input_batch_size=batch,
-                          generation_kwargs={"max_new_tokens": max_new, "temperature": 1.0, "do_sample": True})
+    llm = TransformersLLM(model=model, device="cpu", torch_dtype="float32",
+                          generation_kwargs={"max_new_tokens": max_new, "temperature": 1.0, "do_sample": True,
+                                             "repetition_penalty": 1.0})
+    task = TextGeneration(llm=llm, num_generations=n, input_batch_size=batch)
     task.load()
     inputs = [{"instruction": r["messages"][-1]["content"]} for r in rows]
     tok = llm._pipeline.tokenizer

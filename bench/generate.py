@@ -53,15 +53,21 @@ def direct_generate(model_path: str, prompts: list[list[dict]], seed: int) -> tu
 
 
 def rlaif_stage(input_path: str, seed: int) -> tuple[int, float]:
+    """The whole stage (input validation, sharding, generation, Parquet, manifest); the model load is
+    outside the timing, as it is for the direct baseline."""
+    from rlaif import toy
     from rlaif.config import load_config
+    from rlaif.engines.transformers import TransformersEngine
     from rlaif.stages.generate import run_generate
+
+    engine = TransformersEngine(toy.resolve("toy:policy"), batch_size=BATCH, display_name="toy:policy")
 
     cfg = load_config(None, None, {"generate.input": input_path, "generate.model": "toy:policy", "generate.n": N,
                                    "generate.max_new_tokens": MAX_NEW, "generate.batch_size": BATCH, "seed": seed,
                                    "generate.shard_size": 256})
     with tempfile.TemporaryDirectory() as run:
         t0 = time.perf_counter()
-        manifest = run_generate(cfg, run, progress=False)
+        manifest = run_generate(cfg, run, progress=False, engine=engine)
         seconds = time.perf_counter() - t0
     return manifest.summary["tokens"], seconds
 
