@@ -107,6 +107,7 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
         _timed(times, "judge", run_judge, c, str(run), iteration=k, progress=progress)
         _timed(times, "filter", run_filter, c, str(run), iteration=k, progress=progress)
         gate = _timed(times, "review", _review, c, run, k) if L.review else None
+        # the stages the report reads (generate, judge, filter, review) are all finished here
         record = {"iteration": k, "policy_in": c.generate.model, "times": times,
                   "stages": _stage_figures(run, k), "review": gate}
         if gate is not None and not gate["passed"]:
@@ -116,7 +117,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
             break
         _timed(times, "export", run_export, c, str(run), iteration=k)
         if c.train.method is None:  # a dataset-generation pipeline: the export is the product
-            record["stages"] = _stage_figures(run, k)
             state.iterations.append(record)
             state.save(run)
             continue
@@ -129,7 +129,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
             record["control"] = _timed(times, "control", _control, c, run, k, progress)
         metrics = _timed(times, "evaluate", run_evaluate, c, str(run), iteration=k)
         record["metrics"] = metrics
-        record["stages"] = _stage_figures(run, k)
         state.iterations.append(record)
         value = _metric(metrics, L.metric)
         if value is not None and (best_value is None or value > best_value + L.min_delta):

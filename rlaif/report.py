@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import io
-import json
 from pathlib import Path
 
 from rlaif.runs import atomic_write_bytes
@@ -210,7 +209,3 @@ def write_report(run: str | Path) -> Path:
     path = run / "report.html"
     atomic_write_bytes(path, render(run, state).encode())
     return path
-
-
-def load(path: Path) -> dict:
-    return json.loads(path.read_text())
