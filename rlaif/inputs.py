@@ -18,6 +18,7 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 
+from rlaif import sources
 from rlaif.errors import InputError
 from rlaif.records import CANDIDATE_COLUMNS
 from rlaif.runs import fingerprint_files
@@ -27,11 +28,8 @@ RESERVED = set(CANDIDATE_COLUMNS) | {"messages"}
 
 
 def resolve_input(path: str) -> Path:
-    if path.startswith("toy:"):
-        from rlaif import toy
-
-        return Path(toy.resolve(path))
-    return Path(path)
+    """A prompt file path; registered source names (`toy:train`, `tasks:ifeval-lite:test`) become local paths."""
+    return Path(sources.resolve(path, "input"))
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

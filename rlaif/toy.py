@@ -21,6 +21,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rlaif.sources import cache_root
+
 log = logging.getLogger(__name__)
 
 TOY_VERSION = 1
@@ -54,10 +56,6 @@ class ToyRecipe:
     policy_step: int = 1800
     judge_step: int = 2400
     test_size: int = 1000
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("RLAIF_CACHE", Path.home() / ".cache" / "rlaif"))
 
 
 def toy_dir(recipe: ToyRecipe = ToyRecipe()) -> Path:

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 from rlaif.engines.base import Completion, Engine, GenerationRequest, GenerationResult
+from rlaif import sources
 from rlaif.errors import ConfigError
 
 __all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "load_engine", "resolve_model"]
 
 
 def resolve_model(name: str | None, field: str = "model") -> str:
-    """A model name or path; `toy:policy`/`toy:judge` resolve to the offline toy models (built on first use)."""
-    if not name:
-        raise ConfigError(f"field '{field}' is required: a model name or path (e.g. toy:policy)")
-    if name.startswith("toy:"):
-        from rlaif import toy
-
-        return toy.resolve(name)
-    return name
+    """A model name or path; registered source names (`toy:judge`, `smollm2:135m-instruct`) become local paths."""
+    return sources.resolve(name, field)
 
 
 def load_engine(block, field: str = "generate") -> Engine:
