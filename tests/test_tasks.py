@@ -15,9 +15,8 @@ from conftest import run_cli
 from rlaif import sources, toy
 from rlaif.errors import ConfigError
 from rlaif.runs import load_table, stage_dir
-from rlaif.stages.evaluate import _check_columns, accuracy
-from rlaif.tasks import TASKS, known_names, resolve, verify
-from rlaif.tasks import ifeval
+from rlaif.stages.evaluate import accuracy, check_columns, checked_accuracy, summary_rows
+from rlaif.tasks import TASKS, ifeval, known_names, resolve, verify
 from rlaif.tasks.constraints import CONSTRAINTS
 
 JSON_FENCED = '```json\n{"name": "sea", "color": "blue"}\n```'
@@ -250,14 +249,44 @@ def test_evaluate_reports_pass_rates_per_constraint_type():
     for fig in [result, *result["by_category"].values()]:
         lo, hi = fig["ci95"]
         assert 0 <= lo <= fig["value"] <= hi <= 1
+    assert list(summary_rows({"greedy_accuracy": result})) == ["greedy_accuracy", "  arithmetic", "  lowercase"]
     # the (answer, solution) checkers still work, on the rows that have a solution
     sums = datasets.Dataset.from_list(toy.prompt_rows("test")[:3])
     old = accuracy(toy.check, sums, [[s, "x"] for s in sums["solution"]], "solution")
     assert old["value"] == 0.5 and set(old["by_category"]) <= {"carry", "no-carry"}
 
 
+def test_checked_accuracy_of_a_policy_on_the_task_set(policy_engine):
+    prompts = datasets.Dataset.from_list(ifeval.rows("test")[:16])
+    result = checked_accuracy(policy_engine, prompts, verify, "solution", max_new_tokens=8)
+    assert result["n"] == 16 and set(result["by_category"]) == set(ifeval.CATEGORIES)
+    assert result["by_category"]["min_words"]["value"] == 0.0 and result["by_category"]["max_words"]["value"] == 1.0
+    assert result["value"] == pytest.approx(sum(v["value"] for v in result["by_category"].values()) / 16)
+
+
 def test_evaluate_refuses_prompts_without_the_constraint_columns():
     sums = datasets.Dataset.from_list(toy.prompt_rows("test")[:3])
     with pytest.raises(ConfigError, match=r"reads column\(s\) \['constraint', 'constraint_args'\] that the prompts"):
-        _check_columns(verify, sums, "solution")
-    _check_columns(verify, datasets.Dataset.from_list(ifeval.rows("test")[:3]), "no-such-column")
+        check_columns(verify, sums, "solution")
+    check_columns(verify, datasets.Dataset.from_list(ifeval.rows("test")[:3]), "no-such-column")
+
+
+# ---------------------------------------------------------------- GRPO reward
+
+
+@pytest.mark.slow
+def test_verify_is_a_grpo_reward_reading_the_row_columns(tmp_path, toy_paths):
+    from rlaif.config import load_config
+    from rlaif.stages.train import run_train
+
+    # "at most N words" (N >= 5): 8 tokens of the character-level toy policy nearly always obey it
+    rows = [r for r in ifeval.rows("train") if r["category"] == "max_words"][:64]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config(None, ["train.base=toy:policy", "train.max_steps=2", "train.batch_size=16",
+                             "train.grpo.reward=rlaif.tasks:verify", "train.grpo.max_completion_length=8",
+                             f"train.grpo.prompts={prompts}"])
+    run_train(cfg, tmp_path / "run", method="grpo", progress=False)
+    history = json.loads((tmp_path / "run" / "iter-000" / "train" / "grpo" / "log_history.json").read_text())
+    rewards = [e["rewards/verify/mean"] for e in history if "rewards/verify/mean" in e]
+    assert len(rewards) == 2 and min(rewards) >= 0.5, rewards

@@ -55,7 +55,7 @@ def reads_columns(checker) -> bool:
         return False
 
 
-def _check_columns(checker, prompts: datasets.Dataset, solution_column: str) -> None:
+def check_columns(checker, prompts: datasets.Dataset, solution_column: str) -> None:
     """Refuse before generating when the prompts lack a column the checker reads."""
     if not reads_columns(checker):
         if solution_column not in prompts.column_names:
@@ -99,7 +99,7 @@ def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
                      n: int = 1, max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Share of answers the checker accepts, with a 95% Wilson interval over all answers."""
-    _check_columns(checker, prompts, solution_column)
+    check_columns(checker, prompts, solution_column)
     outs = answers(engine, prompts, temperature=temperature, n=n, max_new_tokens=max_new_tokens, seed=seed)
     return accuracy(checker, prompts, outs, solution_column)
 
@@ -251,10 +251,16 @@ def _judge(cfg: PipelineConfig, e: EvaluateConfig):
 
 
 def summary_rows(metrics: dict) -> dict:
-    """Flat rows for the CLI's summary table."""
+    """Flat rows for the CLI's summary table; greedy accuracy per category under it (all of them in metrics.json)."""
     rows = {}
     for key, value in metrics.items():
         if isinstance(value, dict) and "value" in value:
-            lo, hi = value["ci95"]
-            rows[key] = f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
+            rows[key] = _with_ci(value)
+            if key == "greedy_accuracy":
+                rows.update({f"  {category}": _with_ci(v) for category, v in value.get("by_category", {}).items()})
     return rows
+
+
+def _with_ci(value: dict) -> str:
+    lo, hi = value["ci95"]
+    return f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
