@@ -1,7 +1,7 @@
 """The evaluate stage: figures for this iteration's policy and reward model, stored in `iter-K/evaluate/`.
 
 - checked accuracy of greedy and of sampled answers on held-out prompts (tasks with a checker),
-  each with a 95% Wilson interval;
+  each with a 95% Wilson interval, and per `category` where the prompts have one;
 - reward-model accuracy on held-out pairs (chosen scored above rejected), with its interval;
 - win rate of the new policy against the previous one under a judge: a likelihood judge (no
   order to be biased by) or the pipeline's judge (pairwise judges ask both orders themselves).
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -46,15 +47,61 @@ def answers(engine, prompts: datasets.Dataset, *, temperature: float, n: int, ma
     return [[c.text for c in r.completions] or [""] * n for r in results]
 
 
+def reads_columns(checker) -> bool:
+    """A checker with TRL's reward signature, `f(completions, **columns)`, rather than `f(answer, solution)`."""
+    try:
+        return "completions" in inspect.signature(checker).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def check_columns(checker, prompts: datasets.Dataset, solution_column: str) -> None:
+    """Refuse before generating when the prompts lack a column the checker reads."""
+    if not reads_columns(checker):
+        if solution_column not in prompts.column_names:
+            raise ConfigError(f"field 'evaluate.solution_column': the prompts have no {solution_column!r} column "
+                              f"(they have {prompts.column_names})")
+        return
+    params = inspect.signature(checker).parameters.values()
+    needed = [p.name for p in params if p.default is p.empty and p.name not in ("completions", "prompts")
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [c for c in needed if c not in prompts.column_names]
+    if missing:
+        raise ConfigError(f"field 'evaluate.checker': it reads column(s) {missing} that the prompts lack "
+                          f"(they have {prompts.column_names})")
+
+
+def passed(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str) -> list[list[bool]]:
+    """Per prompt, whether each answer passes: `checker(answer, solution)`, or a TRL-signature checker
+    called with every prompt column, where a reward of at least .5 passes (None does not)."""
+    if not reads_columns(checker):
+        return [[bool(checker(a, sol)) for a in texts] for texts, sol in zip(outs, prompts[solution_column])]
+    index = [i for i, texts in enumerate(outs) for _ in texts]
+    columns = {c: [column[i] for i in index] for c, column in prompts.to_dict().items() if c != "id"}
+    values = checker(completions=[[{"role": "assistant", "content": a}] for texts in outs for a in texts],
+                     prompts=columns.pop("messages"), **columns)
+    flat = iter([v is not None and v >= 0.5 for v in values])
+    return [[next(flat) for _ in texts] for texts in outs]
+
+
+def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str) -> dict:
+    """Share of answers that pass, with a 95% Wilson interval; `by_category` too where prompts have a category."""
+    ok = passed(checker, prompts, outs, solution_column)
+    result = proportion(sum(map(sum, ok)), sum(map(len, ok)))
+    if "category" in prompts.column_names:
+        groups: dict[str, list[bool]] = {}
+        for category, row in zip(prompts["category"], ok):
+            groups.setdefault(str(category), []).extend(row)
+        result["by_category"] = {c: proportion(sum(g), len(g)) for c, g in sorted(groups.items())}
+    return result
+
+
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
                      n: int = 1, max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Share of answers the checker accepts, with a 95% Wilson interval over all answers."""
-    if solution_column not in prompts.column_names:
-        raise ConfigError(f"field 'evaluate.solution_column': the prompts have no {solution_column!r} column "
-                          f"(they have {prompts.column_names})")
+    check_columns(checker, prompts, solution_column)
     outs = answers(engine, prompts, temperature=temperature, n=n, max_new_tokens=max_new_tokens, seed=seed)
-    right = sum(bool(checker(a, sol)) for texts, sol in zip(outs, prompts[solution_column]) for a in texts)
-    return proportion(right, len(outs) * n)
+    return accuracy(checker, prompts, outs, solution_column)
 
 
 def reward_model_accuracy(path: str, pairs: datasets.Dataset, *, batch_size: int = 64, device: str = "auto") -> dict:
@@ -170,8 +217,7 @@ def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, ju
         old = [a[0] for a in answers(old_engine, prompts, temperature=0.0, n=1, **gen)]
         if e.checker:
             checker = load_checker(e.checker)
-            metrics["previous_greedy_accuracy"] = proportion(
-                sum(bool(checker(a, s)) for a, s in zip(old, prompts[e.solution_column])), len(old))
+            metrics["previous_greedy_accuracy"] = accuracy(checker, prompts, [[a] for a in old], e.solution_column)
         old_engine.close()
         metrics["win_rate"] = win_rate(judge, prompts, new, old)
     rm_path = e.reward_model or (str(it_dir / "reward_model") if (it_dir / "reward_model").exists() else None)
@@ -205,10 +251,16 @@ def _judge(cfg: PipelineConfig, e: EvaluateConfig):
 
 
 def summary_rows(metrics: dict) -> dict:
-    """Flat rows for the CLI's summary table."""
+    """Flat rows for the CLI's summary table; greedy accuracy per category under it (all of them in metrics.json)."""
     rows = {}
     for key, value in metrics.items():
         if isinstance(value, dict) and "value" in value:
-            lo, hi = value["ci95"]
-            rows[key] = f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
+            rows[key] = _with_ci(value)
+            if key == "greedy_accuracy":
+                rows.update({f"  {category}": _with_ci(v) for category, v in value.get("by_category", {}).items()})
     return rows
+
+
+def _with_ci(value: dict) -> str:
+    lo, hi = value["ci95"]
+    return f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
