@@ -60,6 +60,7 @@ EVALUATE = {"--prompts": "evaluate.prompts", "--limit": "evaluate.limit", "--pol
             "--max-new-tokens": "evaluate.max_new_tokens"}
 RUN = {"--name -n": "name"}
 
+
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])

@@ -1,7 +1,8 @@
-"""Pydantic models of a pipeline file: the one place where settings are defined.
+"""Pydantic models of a pipeline file: the one place where settings are defined and described.
 
 A pipeline file has a top-level `seed` and one section per stage. A stage command reads its own
-section; flags and `--set key.path=value` override the file. Unknown keys are errors.
+section; options and `--set key.path=value` override the file. Unknown keys are errors. Every
+field's `description` is also its command-line option's help (`rlaif/cli_options.py`).
 """
 
 from __future__ import annotations
@@ -117,10 +118,19 @@ class MethodBlock(StrictModel):
                                         "apo_zero_unpaired; SFT nll | dft.")
 
 
-def _method(learning_rate: float, beta: float | None = None, loss_type: list[str] | None = None):
-    return Field(default_factory=lambda: MethodBlock(learning_rate=learning_rate, beta=beta, loss_type=loss_type),
-                 description=f"Defaults of this method: learning_rate {learning_rate}"
-                 + (f", beta {beta}" if beta else "") + (f", loss_type {loss_type}" if loss_type else "") + ".")
+# Plain DPO at lr 1e-4 made the toy policy worse; lr 1e-5 with beta .5 helped.
+METHOD_DEFAULTS = {
+    "rm": {"learning_rate": 1e-4},
+    "sft": {"learning_rate": 1e-4, "loss_type": ["nll"]},
+    "dpo": {"learning_rate": 1e-5, "beta": 0.5, "loss_type": ["sigmoid"]},
+    "kto": {"learning_rate": 1e-5, "beta": 0.1, "loss_type": ["kto"]},
+}
+
+
+def _method(name: str):
+    defaults = METHOD_DEFAULTS[name]
+    return Field(default_factory=lambda: MethodBlock(**defaults),
+                 description=f"{name}'s own defaults: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ".")
 
 
 class GrpoBlock(StrictModel):
@@ -165,11 +175,10 @@ class TrainConfig(StrictModel):
     loss_type: list[str] | None = Field(None, description="DPO loss(es), e.g. [sigmoid, sft]; KTO: kto | "
                                         "apo_zero_unpaired; SFT: nll | dft; null = the method's default.")
     loss_weights: list[float] | None = Field(None, description="DPO: a weight per loss in loss_type.")
-    rm: MethodBlock = _method(1e-4)
-    sft: MethodBlock = _method(1e-4, loss_type=["nll"])
-    # plain DPO at lr 1e-4 made the toy policy worse; lr 1e-5 with beta .5 helped
-    dpo: MethodBlock = _method(1e-5, beta=0.5, loss_type=["sigmoid"])
-    kto: MethodBlock = _method(1e-5, beta=0.1, loss_type=["kto"])
+    rm: MethodBlock = _method("rm")
+    sft: MethodBlock = _method("sft")
+    dpo: MethodBlock = _method("dpo")
+    kto: MethodBlock = _method("kto")
     grpo: GrpoBlock = Field(default_factory=GrpoBlock, description="GRPO settings and its default learning rate.")
     dtype: DTYPE = Field("auto", description="auto (bfloat16 on GPUs that support it, else float32) | float32 | "
                          "bfloat16 | float16.")
@@ -181,6 +190,12 @@ class TrainConfig(StrictModel):
     keep_checkpoints: bool = Field(False, description="Keep the checkpoints after a finished run.")
     logging_steps: int = Field(5, ge=1, description="Log the loss every N steps.")
     seed: int | None = Field(None, description="Training seed; null = the pipeline's seed.")
+
+    @field_validator(*METHOD_DEFAULTS, mode="before")
+    @classmethod
+    def _keep_method_defaults(cls, value, info):
+        """A method section that sets some fields keeps the method's defaults for the others."""
+        return {**METHOD_DEFAULTS[info.field_name], **value} if isinstance(value, dict) else value
 
     def setting(self, method: str, name: str):
         """A setting as used for `method`: this section's value, else the method's own default."""

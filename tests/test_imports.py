@@ -155,6 +155,14 @@ def test_no_reach_into_private_names():
     private = [f"{MODULES[name].relative_to(REPO)}:{line}: from {base} import {what}" for name in MODULES
                for base, what, line in PARSED[name][1].names
                if base.startswith("rlaif") and what.startswith("_") and base != name]
+    for name in MODULES:  # `module._name` on an imported rlaif module
+        tree, imports = PARSED[name]
+        aliases = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                   and (node.module or "").startswith("rlaif") for alias in node.names
+                   if f"{node.module}.{alias.name}" in MODULES}
+        private += [f"{MODULES[name].relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}"
+                    for node in ast.walk(tree) if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_") and not node.attr.startswith("__")]
     assert not private, "\n".join(private)
 
 

@@ -2,8 +2,9 @@
 
 `filter_shard` is the pure step over one judge shard (its `scores` and `comparisons` rows);
 `filter_pairs` is the Python API over whole Datasets; `run_filter` streams the judge shards of a run
-directory into `iter-K/filter/pairs/` and `iter-K/filter/dropped/`. Prompt deduplication is global
-(a MinHash LSH index that grows across shards and is replayed on resume); everything else is per prompt.
+directory into `iter-K/filter/pairs/` and `iter-K/filter/dropped/`. Prompt deduplication is global (a
+MinHash LSH index over every shard's prompts in shard order, so a resumed run decides exactly as a full
+one); everything else is per prompt.
 """
 
 from __future__ import annotations
