@@ -91,7 +91,8 @@ def _table_records(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
         yield f"{path} record {index}", row
 
 
-def _messages(where: str, column: str, value) -> list[dict]:
+def to_messages(where: str, column: str, value) -> list[dict]:
+    """A prompt value (a string or a chat message list) as validated chat messages; `where` names the record."""
     if isinstance(value, str):
         if not value.strip():
             raise InputError(f"{where}: field '{column}' is empty; expected a non-empty prompt")
@@ -127,7 +128,7 @@ def _validated(path: Path, kind: str, prompt_column: str | None) -> Iterator[dic
         if column not in record:
             raise InputError(f"{where}: no '{column}' field (fields: {sorted(record)}); expected a 'prompt' string or a "
                              "'messages' list, or name the column with --prompt-column")
-        messages = _messages(where, column, record[column])
+        messages = to_messages(where, column, record[column])
         raw_id = record.get("id")
         if raw_id is None or raw_id == "":
             pid = prompt_id(messages)
@@ -146,6 +147,20 @@ def _validated(path: Path, kind: str, prompt_column: str | None) -> Iterator[dic
         yield {"id": pid, "messages": messages, **extras}
     if not seen:
         raise InputError(f"{path}: no records; expected at least one prompt")
+
+
+def normalise_prompts(dataset: datasets.Dataset, prompt_column: str | None = None) -> datasets.Dataset:
+    """A Dataset given in Python, as `read_prompts` gives a file: every row with an `id` and a `messages` list."""
+    column = prompt_column or ("messages" if "messages" in dataset.column_names else "prompt")
+    if column not in dataset.column_names:
+        raise InputError(f"dataset has columns {dataset.column_names}; expected a 'prompt' or 'messages' column")
+
+    def fix(row, index):
+        messages = to_messages(f"dataset record {index}", column, row[column])
+        return {"messages": messages, "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(messages)}
+
+    drop = [column] if column != "messages" else []
+    return dataset.map(fix, with_indices=True, remove_columns=drop)
 
 
 def _generate(path: str, kind: str, prompt_column: str | None, fingerprint: str):

@@ -7,19 +7,23 @@ loop rerun with the same pipeline continues where it stopped without redoing fin
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.config import PipelineConfig
-from rlaif.errors import RunError
-from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.config import PipelineConfig, load_config
+from rlaif.report import write_report
+from rlaif.review.gate import check_gate
+from rlaif.runs import LOOP_MANIFEST, dump_json, iteration_dir, load_state, now, previous_policy, read_manifest
+from rlaif.stages.evaluate import policy_accuracy, run_evaluate
+from rlaif.stages.export import run_export
+from rlaif.stages.filter import run_filter
+from rlaif.stages.generate import run_generate
+from rlaif.stages.judge import run_judge
+from rlaif.stages.review import open_review, review_stats, simulate_review
 
 log = logging.getLogger(__name__)
-
-LOOP_MANIFEST = "loop.json"
 
 
 @dataclass
@@ -41,15 +45,8 @@ class LoopState:
         dump_json(run / LOOP_MANIFEST, self.__dict__)
 
 
-def load_state(run: Path) -> dict | None:
-    path = run / LOOP_MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def iteration_config(cfg: PipelineConfig, run: Path, k: int) -> PipelineConfig:
     """Iteration K generates with the policy iteration K-1 trained (iteration 0: `generate.model`)."""
-    from rlaif.stages.train import previous_policy
-
     c = cfg.model_copy(deep=True)
     previous = previous_policy(run, k)
     if previous is not None:
@@ -75,12 +72,6 @@ def _metric(metrics: dict, name: str) -> float | None:
 
 def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> LoopState:
     """Run `loop.iterations` iterations over `run`; returns the final state (also in RUN/loop.json)."""
-    from rlaif.stages.evaluate import policy_accuracy
-    from rlaif.stages.evaluate import run_evaluate
-    from rlaif.stages.export import run_export
-    from rlaif.stages.filter import run_filter
-    from rlaif.stages.generate import run_generate
-    from rlaif.stages.judge import run_judge
     from rlaif.stages.train import run_train
 
     run = Path(run)
@@ -144,7 +135,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
         state.status = "complete"
     state.final_model = state.best_policy
     state.save(run)
-    from rlaif.report import write_report
 
     write_report(run)
     return state
@@ -152,9 +142,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
 
 def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
     """Simulated reviewers answer at once; human reviewers make the loop wait until the gate's minimum is met."""
-    from rlaif.review.gate import check_gate
-    from rlaif.stages.review import open_review, review_stats, simulate_review
-
     if cfg.review.reviewer == "simulated":
         simulate_review(cfg, str(run), k)
     else:
@@ -172,8 +159,6 @@ def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
 
 def _control(cfg: PipelineConfig, run: Path, k: int, progress: bool) -> dict:
     """The control: plain SFT on the same chosen answers, from the same base, evaluated the same way."""
-    from rlaif.stages.evaluate import policy_accuracy
-    from rlaif.stages.export import run_export
     from rlaif.stages.train import run_train
 
     c = cfg.model_copy(deep=True)
@@ -189,8 +174,6 @@ def _control(cfg: PipelineConfig, run: Path, k: int, progress: bool) -> dict:
 
 def _stage_figures(run: Path, k: int) -> dict:
     """Each stage's manifest summary, for the report."""
-    from rlaif.runs import read_manifest
-
     out = {}
     for stage in ("generate", "judge", "filter", "review"):
         directory = iteration_dir(run, k) / stage
@@ -203,16 +186,7 @@ def _stage_figures(run: Path, k: int) -> dict:
     return out
 
 
-def check_finished(run: Path) -> dict:
-    state = load_state(run)
-    if state is None:
-        raise RunError(f"{run}: no {LOOP_MANIFEST}; run `rlaif run PIPELINE --name ...` first")
-    return state
-
-
 def run(config, run_dir: str | Path, *, progress: bool = True) -> LoopState:
     """Python API: `rlaif.run("pipelines/demo.yaml", "runs/x")` or with a PipelineConfig."""
-    from rlaif.config import load_config
-
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     return run_loop(cfg, run_dir, progress=progress)

@@ -1,12 +1,19 @@
-"""Run directory layout, Parquet shards, manifests and resume.
+"""Run directory layout, Parquet shards, manifests, resume, and the one runner of sharded stages.
 
+    runs/<name>/pipeline.yaml                              the resolved config, as last run
+    runs/<name>/loop.json                                  the loop's state (`rlaif run`)
     runs/<name>/iter-000/<stage>/<table>/part-00000.parquet
     runs/<name>/iter-000/<stage>/manifest.json
+    runs/<name>/iter-000/policy/                           the checkpoint iteration 0 trained
 
 A shard is written to a temp file and renamed, then recorded in the manifest (also written
 atomically). A rerun skips the shards the manifest lists; a shard file that exists but is not in
 the manifest (killed between rename and manifest write) is simply written again, identically,
 because the seeding unit is the shard.
+
+`run_sharded` is the skeleton every sharded stage (generate, judge, filter) runs through: the
+upstream check, the manifest (refuse or resume), the shards left to do, the executor, progress,
+each shard's write and the finish. Whatever should hold for every stage's shards is added there.
 """
 
 from __future__ import annotations
@@ -17,20 +24,29 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
+from pydantic import BaseModel
 
 from rlaif.errors import RunError
+from rlaif.progress import StageProgress
 from rlaif.records import ShardRecord, StageManifest
+from rlaif.scale import map_shards
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOOP_MANIFEST = "loop.json"
+PIPELINE = "pipeline.yaml"
 
 
 def iteration_dir(run: str | Path, iteration: int = 0) -> Path:
@@ -105,7 +121,7 @@ class StageWriter:
         self._t0 = time.perf_counter()
         existing = read_manifest(self.dir)
         if existing is not None and overwrite:
-            shutil.rmtree(self.dir)
+            discard(self.dir)
             existing = None
         if existing is not None:
             changed = []
@@ -180,14 +196,27 @@ class StageWriter:
         atomic_write_bytes(self.dir / MANIFEST, self.manifest.model_dump_json(indent=2).encode())
 
 
+def discard(directory: Path) -> None:
+    """Forget a stage's output: its manifest and its tables (files beside them, e.g. the review store, stay)."""
+    (directory / MANIFEST).unlink(missing_ok=True)
+    for table in directory.iterdir():
+        if table.is_dir():
+            shutil.rmtree(table)
+
+
+def shard_files(directory: Path, manifest: StageManifest, table: str) -> list[Path]:
+    """The Parquet files of a table's finished shards, in shard order (a shard may lack an empty table)."""
+    files = [directory / table / shard_name(i) for i in sorted(manifest.finished())]
+    return [f for f in files if f.exists()]
+
+
 def load_table(directory: str | Path, table: str) -> datasets.Dataset:
     """All finished shards of a stage's table, in shard order, as one Dataset (memory-mapped)."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     if manifest is None:
         raise RunError(f"{directory}: no {MANIFEST}; run that stage first")
-    files = [directory / table / shard_name(i) for i in sorted(manifest.finished())]
-    files = [f for f in files if f.exists()]
+    files = shard_files(directory, manifest, table)
     if not files:
         raise RunError(f"{directory}/{table}: no finished shards")
     tables = [pq.read_table(f) for f in files]
@@ -196,3 +225,118 @@ def load_table(directory: str | Path, table: str) -> datasets.Dataset:
 
 def dump_json(path: Path, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=2, default=str).encode())
+
+
+def record_config(config: BaseModel, run: str | Path) -> None:
+    """Keep the resolved config, as run, at the top of the run directory (RUN/pipeline.yaml)."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(run / PIPELINE, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False).encode())
+
+
+def previous_policy(run: str | Path, iteration: int) -> Path | None:
+    """The latest earlier iteration's trained policy, if any."""
+    for k in range(iteration - 1, -1, -1):
+        path = iteration_dir(run, k) / "policy"
+        if (path / "config.json").exists() or (path / "adapter_config.json").exists():
+            return path
+    return None
+
+
+def load_state(run: str | Path) -> dict | None:
+    """The loop's state (RUN/loop.json), if the loop has run here."""
+    path = Path(run) / LOOP_MANIFEST
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_finished(run: str | Path) -> dict:
+    """The loop's state, or an error saying how to make one."""
+    state = load_state(run)
+    if state is None:
+        raise RunError(f"{run}: no {LOOP_MANIFEST}; run `rlaif run PIPELINE --name ...` first")
+    return state
+
+
+# ---------------------------------------------------------------- the sharded-stage runner
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The finished stage a stage reads: its directory and manifest."""
+
+    dir: Path
+    manifest: StageManifest
+
+    def files(self, *tables: str) -> list[Path]:
+        return [f for table in tables for f in shard_files(self.dir, self.manifest, table)]
+
+    def fingerprint(self, *tables: str) -> str:
+        return fingerprint_files(self.files(*tables))
+
+    def table(self, name: str) -> datasets.Dataset:
+        return load_table(self.dir, name)
+
+
+def require_stage(run: str | Path, stage: str, iteration: int = 0) -> Upstream:
+    """The complete `stage` of iteration K, or an error naming the command that makes it."""
+    directory = stage_dir(run, stage, iteration)
+    manifest = read_manifest(directory)
+    if manifest is None or manifest.status != "complete":
+        command = f"rlaif {stage} --out {run}" if stage == "generate" else f"rlaif {stage} {run}"
+        raise RunError(f"{directory}: the {stage} stage is {'missing' if manifest is None else 'unfinished'}; "
+                       f"run the {stage} stage first (`{command}`)")
+    return Upstream(directory, manifest)
+
+
+@dataclass
+class ShardPlan:
+    """What a sharded stage hands `run_sharded`: its settings, its shards, and how to compute one.
+
+    `work(state, index, shard) -> {table: Dataset}` runs where the executor puts it (this process or
+    a Ray replica) on the state `setup()` built there; `counts(index, tables)` are the shard's
+    figures for the manifest; `summarise(writer)` is the stage's summary once every shard is written.
+    """
+
+    config: dict
+    config_hash: str
+    input_fingerprint: str
+    shard_size: int
+    shard_rows: list[int]  # input rows per shard: how many shards there are, and the progress bar's steps
+    shard_input: Callable[[int], datasets.Dataset]
+    work: Callable[[Any, int, datasets.Dataset], dict[str, datasets.Dataset]]
+    setup: Callable[[], Any]
+    counts: Callable[[int, dict[str, datasets.Dataset]], dict]
+    summarise: Callable[["StageWriter"], dict]
+    teardown: Callable[[Any], None] | None = None
+    unit: str = "rows"
+    executor: str = "local"
+    ray_config: Any = None
+
+
+def run_sharded(stage: str, run: str | Path, iteration: int, plan: Callable[[Upstream | None], ShardPlan], *,
+                after: str | None = None, overwrite: bool = False, progress: bool = True) -> StageManifest:
+    """Run one sharded stage into `run/iter-K/<stage>/`, resuming finished shards.
+
+    The `after` stage must be complete; `plan` sees it and says what to do. A stage whose manifest
+    lists every shard is not run again; one started with other settings is refused (or discarded
+    with `overwrite`).
+    """
+    upstream = require_stage(run, after, iteration) if after else None
+    p = plan(upstream)
+    writer = StageWriter(stage_dir(run, stage, iteration), stage=stage, config_hash=p.config_hash,
+                         input_fingerprint=p.input_fingerprint, config=p.config, num_shards=len(p.shard_rows),
+                         shard_size=p.shard_size, overwrite=overwrite)
+    todo = [i for i in range(len(p.shard_rows)) if i not in writer.done]
+    if not todo and writer.complete:
+        log.info("%s: all %d shards already done in %s", stage, len(p.shard_rows), writer.dir)
+        return writer.manifest
+    total = sum(p.shard_rows)
+    results = map_shards(p.executor, todo, p.shard_input, work=p.work, setup=p.setup, teardown=p.teardown,
+                         ray_config=p.ray_config)
+    with StageProgress(stage, total=total, done=total - sum(p.shard_rows[i] for i in todo), unit=p.unit,
+                       enabled=progress) as bar:
+        for index, tables, seconds in results:
+            counts = p.counts(index, tables)
+            writer.write_shard(index, tables, seconds, counts)
+            bar.advance(p.shard_rows[index], tokens=counts.get("tokens", 0))
+    return writer.finish(p.summarise(writer))

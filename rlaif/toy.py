@@ -21,6 +21,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from rlaif.errors import ConfigError
 from rlaif.sources import cache_root
 
 log = logging.getLogger(__name__)
@@ -287,8 +288,6 @@ def resolve(name: str) -> str:
     lookup = {"policy": "policy", "judge": "judge", "train": "prompts-train", "test": "prompts-test",
               "biased-judge": "biased-judge"}
     if key not in lookup:
-        from rlaif.errors import ConfigError
-
         raise ConfigError(f"{name!r}: unknown toy name; expected one of " + ", ".join(f"toy:{k}" for k in lookup))
     return str(build()[lookup[key]])
 

@@ -49,9 +49,9 @@ def test_determinism_per_shard(policy_engine):
     assert first["text"] == again["text"]
     assert first["text"] != other["text"]
     # the second shard regenerated alone (as after a crash) is identical to the one the full run wrote
-    from rlaif.stages.generate import _normalise
+    from rlaif.inputs import normalise_prompts
 
-    shard = generate_shard(_normalise(ds, None).select(range(5, 10)), policy_engine,
+    shard = generate_shard(normalise_prompts(ds, None).select(range(5, 10)), policy_engine,
                            SamplingParams(n=4, max_new_tokens=6), seed=8)
     assert shard["text"] == first["text"][20:]
 

@@ -219,7 +219,7 @@ def test_reward_model_judge_batches_exactly(tmp_path, toy_paths):
 
 
 def test_judge_eval_statistics_and_pairs_from_candidates():
-    from rlaif import judge_eval as je
+    from rlaif.judges import judge_eval as je
 
     low, high = je.wilson(95, 100)
     assert low < 0.95 < high and high - low < 0.1 and je.wilson(0, 10)[0] == pytest.approx(0, abs=1e-12)
@@ -229,7 +229,7 @@ def test_judge_eval_statistics_and_pairs_from_candidates():
         for i, t in enumerate((w, r, w, str(int(r) + 100))):  # a duplicate wrong answer counts once
             rows.append({"prompt_id": f"p{k}", "prompt": chat(q), "candidate_index": i, "text": t, "failure": None,
                          "solution": r})
-    pairs = je.known_pairs(datasets.Dataset.from_list(rows))
+    pairs = je.known_pairs(datasets.Dataset.from_list(rows), "rlaif.toy:accuracy_reward")
     assert len(pairs) == 20 and all(toy.check(p["right"], p["solution"]) and p["wrong"] != p["right"] for p in pairs)
     result = je.evaluate_judge(VerifierJudge("rlaif.toy:accuracy_reward"), pairs)
     assert result["agreement"] == 1.0 and result["failures"] == 0

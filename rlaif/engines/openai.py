@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
@@ -129,9 +130,7 @@ class OpenAIEngine:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(main())
-        from concurrent.futures import ThreadPoolExecutor  # called from inside a running loop (a notebook)
-
-        with ThreadPoolExecutor(1) as pool:
+        with ThreadPoolExecutor(1) as pool:  # called from inside a running loop (a notebook)
             return pool.submit(asyncio.run, main()).result()
 
     def _wait(self, state) -> float:
@@ -361,6 +360,13 @@ class OpenAIEngine:
             raise EngineError(f"server {self.base_url} returned no log-probs for model {self.model!r} (row {row}): "
                               f"it cannot give next-token log-probs; {NO_LOGPROBS_FIX}")
         return top
+
+    eos_text = ""  # the server's tokenizer is not known here
+
+    def prompt_text(self, chat: list[dict]) -> str:
+        raise EngineError(f"the openai engine ({self.model_id!r}) cannot render the model's chat template locally: "
+                          "continuing a rationale (judge.mode cot) needs a local engine (transformers, vllm); use "
+                          "mode 'text' with a cot template instead")
 
     def close(self) -> None:
         """Nothing to release: each call opens and closes its own connection pool."""

@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
 from rlaif.errors import InputError
+from rlaif.review.stats import review_statistics
 from rlaif.review.store import ReviewStore, check_reviewer_name
 
 HERE = Path(__file__).resolve().parent
@@ -147,8 +148,6 @@ def create_app(store_path: str | Path, *, host: str = "127.0.0.1", token: str | 
 
     @app.get("/summary", response_class=HTMLResponse)
     def summary(request: Request):
-        from rlaif.review.stats import review_statistics
-
         stats = review_statistics(store.current_verdicts(), store.meta().get("design", {}), store.reviewers())
         gate = _gate(stats, min_agreement, min_reviewed)
         return page(request, "summary.html", stats=stats, gate=gate, reviewer=reviewer_of(request))

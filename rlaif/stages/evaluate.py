@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from pathlib import Path
@@ -17,10 +16,15 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import EvaluateConfig, PipelineConfig
-from rlaif.engines.base import GenerationRequest
+from rlaif.engines import GenerationRequest, resolve_model
 from rlaif.errors import ConfigError
+from rlaif.functions import load_function
+from rlaif.inputs import read_prompts
+from rlaif.judges import CandidateItem, PairItem, build_judge
+from rlaif.judges.likelihood import LikelihoodJudge
 from rlaif.records import SamplingParams
-from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.runs import dump_json, iteration_dir, now, previous_policy
+from rlaif.stages.export import load_export
 from rlaif.stats import wilson
 
 log = logging.getLogger(__name__)
@@ -29,14 +33,6 @@ log = logging.getLogger(__name__)
 def proportion(k: float, n: int) -> dict:
     lo, hi = wilson(k, n)
     return {"value": k / n if n else None, "ci95": [lo, hi], "n": n}
-
-
-def load_checker(spec: str):
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"field 'evaluate.checker': cannot import {spec!r} as module:function ({e})") from None
 
 
 def answers(engine, prompts: datasets.Dataset, *, temperature: float, n: int, max_new_tokens: int,
@@ -106,7 +102,6 @@ def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column
 
 def reward_model_accuracy(path: str, pairs: datasets.Dataset, *, batch_size: int = 64, device: str = "auto") -> dict:
     """How often the reward model scores the chosen response above the rejected one on held-out pairs."""
-    from rlaif.judges.base import CandidateItem
     from rlaif.judges.reward_model import RewardModelJudge
 
     judge = RewardModelJudge(path, device=device, batch_size=batch_size)
@@ -125,8 +120,6 @@ def win_rate(judge, prompts: datasets.Dataset, new: list[str], old: list[str]) -
     A pairwise judge compares each pair in both orders itself (its `preference` averages them);
     a scoring judge (likelihood, reward model, verifier) has no order: the higher score wins.
     """
-    from rlaif.judges.base import CandidateItem, PairItem
-
     differ = [i for i, (a, b) in enumerate(zip(new, old)) if a != b]
     prefs = {i: 0.5 for i in range(len(new)) if i not in set(differ)}
     rows = prompts.select(differ) if differ else None
@@ -148,17 +141,21 @@ def win_rate(judge, prompts: datasets.Dataset, new: list[str], old: list[str]) -
     return {**proportion(wins, len(new)), "ties": len(new) - len(decided), "judge": getattr(judge, "kind", "?")}
 
 
+def held_out_prompts(e: EvaluateConfig) -> datasets.Dataset:
+    """The first `evaluate.limit` prompts of `evaluate.prompts`."""
+    if not e.prompts:
+        raise ConfigError("field 'evaluate.prompts' is required: held-out prompts (a file or a source such as toy:test)")
+    prompts, _ = read_prompts(e.prompts)
+    return prompts.select(range(min(e.limit, len(prompts))))
+
+
 def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.policy") -> dict:
     """Greedy and sampled checked accuracy of one model on the held-out prompts (baselines, controls)."""
-    from rlaif.engines import resolve_model
-    from rlaif.inputs import read_prompts
-
     e = cfg.evaluate
     if not e.checker:
         return {}
-    prompts, _ = read_prompts(e.prompts)
-    prompts = prompts.select(range(min(e.limit, len(prompts))))
-    checker = load_checker(e.checker)
+    prompts = held_out_prompts(e)
+    checker = load_function(e.checker, "evaluate.checker")
     engine = _engine(resolve_model(model, field), e)
     try:
         gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
@@ -171,9 +168,6 @@ def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.poli
 
 
 def _policy_paths(cfg: PipelineConfig, run: str | Path, iteration: int) -> tuple[str | None, str | None]:
-    from rlaif.engines import resolve_model
-    from rlaif.stages.train import previous_policy
-
     e = cfg.evaluate
     new = e.policy or (str(iteration_dir(run, iteration) / "policy")
                        if (iteration_dir(run, iteration) / "policy").exists() else None)
@@ -192,19 +186,15 @@ def _engine(path: str, e: EvaluateConfig):
 
 def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, judge=None) -> dict:
     """Evaluate iteration K's policy (and reward model, if any); write `iter-K/evaluate/metrics.json`."""
-    from rlaif.inputs import read_prompts
-    from rlaif.stages.train import load_export
-
     e = cfg.evaluate
     it_dir = iteration_dir(run, iteration)
     new_path, old_path = _policy_paths(cfg, run, iteration)
     metrics: dict = {"iteration": iteration, "policy": new_path, "previous": old_path, "at": now()}
-    prompts, _ = read_prompts(e.prompts)
-    prompts = prompts.select(range(min(e.limit, len(prompts))))
+    prompts = held_out_prompts(e)
     gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
     new_engine = _engine(new_path, e) if new_path else None
     if new_engine is not None and e.checker:
-        checker = load_checker(e.checker)
+        checker = load_function(e.checker, "evaluate.checker")
         metrics["greedy_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column, **gen)
         metrics["sampled_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column,
                                                        temperature=e.temperature, n=e.samples, **gen)
@@ -216,7 +206,7 @@ def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, ju
         old_engine = _engine(old_path, e)
         old = [a[0] for a in answers(old_engine, prompts, temperature=0.0, n=1, **gen)]
         if e.checker:
-            checker = load_checker(e.checker)
+            checker = load_function(e.checker, "evaluate.checker")
             metrics["previous_greedy_accuracy"] = accuracy(checker, prompts, [[a] for a in old], e.solution_column)
         old_engine.close()
         metrics["win_rate"] = win_rate(judge, prompts, new, old)
@@ -241,12 +231,7 @@ def _judge(cfg: PipelineConfig, e: EvaluateConfig):
     if e.judge == "pipeline":
         if getattr(cfg, "judge", None) is None:
             raise ConfigError("field 'evaluate.judge': 'pipeline' needs a judge section in the pipeline file")
-        from rlaif.judges import build_judge
-
         return build_judge(cfg.judge, seed=cfg.seed)
-    from rlaif.engines import resolve_model
-    from rlaif.judges.likelihood import LikelihoodJudge
-
     return LikelihoodJudge(_engine(resolve_model(e.judge_model, "evaluate.judge_model"), e))
 
 

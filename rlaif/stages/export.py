@@ -22,8 +22,9 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import ExportConfig, PipelineConfig
-from rlaif.errors import ConfigError, InputError, RunError
-from rlaif.runs import atomic_write_bytes, load_table, read_manifest, stage_dir
+from rlaif.errors import ConfigError, InputError
+from rlaif.review.gate import check_gate, store_path
+from rlaif.runs import atomic_write_bytes, require_stage, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def review_gate(cfg: PipelineConfig, run: str, iteration: int, *, min_agreement:
     review (`iter-K/review/review.sqlite`), with `review.min_agreement` / `review.min_reviewed`, and
     when asked for (`--min-agreement`, which overrides the threshold, or `--reviewed-only`).
     """
-    from rlaif.review.gate import check_gate, store_path
-
     if min_agreement is None and not reviewed_only and not store_path(run, iteration).exists():
         return
 
@@ -183,17 +182,33 @@ def save(data: datasets.DatasetDict, path: str | Path, fmt: str, kind: str) -> P
     return path
 
 
+def load_export(path: Path, kind: str) -> datasets.DatasetDict:
+    """A saved export (DatasetDict with a `train` split, or a bare Dataset) with the columns `kind` needs."""
+    if not path.exists():
+        raise InputError(f"{path}: no {kind} export; run `rlaif export` first or pass train.input")
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"{path}: not a saved datasets directory ({e})") from None
+    if isinstance(data, datasets.Dataset):
+        data = datasets.DatasetDict({"train": data})
+    if "train" not in data:
+        raise InputError(f"{path}: expected a 'train' split, found {list(data)}")
+    missing = [c for c in TRAINER_COLUMNS[kind] if c not in data["train"].column_names]
+    if missing:
+        raise InputError(f"{path}: the {kind} export lacks column(s) {missing}; it has {data['train'].column_names}")
+    if len(data["train"]) == 0:
+        raise InputError(f"{path}: the train split is empty: nothing to train on")
+    return data
+
+
 def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_only: bool = False,
                min_agreement: float | None = None) -> dict:
     """Export `run/iter-K/filter/pairs` into `iter-K/export/<kind>/` (and `export.out`); returns a summary."""
     e: ExportConfig = cfg.export
-    filter_dir = stage_dir(run, "filter", iteration)
-    manifest = read_manifest(filter_dir)
-    if manifest is None or manifest.status != "complete":
-        raise RunError(f"{filter_dir}: the filter stage is {'missing' if manifest is None else 'unfinished'}; "
-                       f"run `rlaif filter {run}` first")
+    source = require_stage(run, "filter", iteration)
     review_gate(cfg, run, iteration, min_agreement=min_agreement, reviewed_only=reviewed_only)
-    pairs = apply_review(load_table(filter_dir, "pairs"), reviewed_only=reviewed_only)
+    pairs = apply_review(source.table("pairs"), reviewed_only=reviewed_only)
     seed = cfg.seed if e.split_seed is None else e.split_seed
     data = export(pairs, e.kind, conversational=e.conversational, test_size=e.test_size, seed=seed)
     target = save(data, stage_dir(run, "export", iteration) / e.kind, "hf", e.kind)
@@ -205,6 +220,6 @@ def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_on
         summary["copy"] = str(save(data, e.out, e.format, e.kind))
         summary["copy format"] = e.format
     atomic_write_bytes(target / "rlaif_export.json", json.dumps(
-        {**summary, "filter_config_hash": manifest.config_hash, "test_size": e.test_size, "split_seed": seed},
+        {**summary, "filter_config_hash": source.manifest.config_hash, "test_size": e.test_size, "split_seed": seed},
         indent=2).encode())
     return summary

@@ -8,7 +8,6 @@ directory in resumable, seeded shards (seed = base seed + shard index).
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from functools import partial
 
@@ -17,11 +16,9 @@ import datasets
 from rlaif.config import GenerateConfig, PipelineConfig, config_hash
 from rlaif.engines import Engine, GenerationRequest, load_engine
 from rlaif.errors import ConfigError
-from rlaif.inputs import read_prompts
-from rlaif.progress import StageProgress
-from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest
-from rlaif.runs import StageWriter, stage_dir
-from rlaif.scale import map_shards
+from rlaif.inputs import normalise_prompts, read_prompts
+from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest, with_columns
+from rlaif.runs import ShardPlan, run_sharded
 from rlaif.templates import Template, load_template
 
 log = logging.getLogger(__name__)
@@ -75,24 +72,8 @@ def generate_shard(prompts: datasets.Dataset, engine: Engine, params: SamplingPa
             out["failure"].append(result.failure)
             for col in extra_columns:
                 out[col].append(row[col])
-    features = datasets.Features({**CANDIDATE_FEATURES, **{c: prompts.features[c] for c in extra_columns}})
+    features = with_columns(CANDIDATE_FEATURES, {c: prompts.features[c] for c in extra_columns})
     return datasets.Dataset.from_dict(out, features=features)
-
-
-def _normalise(dataset: datasets.Dataset, prompt_column: str | None) -> datasets.Dataset:
-    """Python-API input: give every row an `id` and a `messages` list, as `read_prompts` does for files."""
-    from rlaif.inputs import _messages, prompt_id
-
-    column = prompt_column or ("messages" if "messages" in dataset.column_names else "prompt")
-    if column not in dataset.column_names:
-        raise ConfigError(f"dataset has columns {dataset.column_names}; expected a 'prompt' or 'messages' column")
-
-    def fix(row, index):
-        messages = _messages(f"dataset record {index}", column, row[column])
-        return {"messages": messages, "id": str(row["id"]) if row.get("id") not in (None, "") else prompt_id(messages)}
-
-    drop = [column] if column != "messages" else []
-    return dataset.map(fix, with_indices=True, remove_columns=drop)
 
 
 def generate(dataset: datasets.Dataset, engine: Engine, *, n: int = 4, temperature: float = 1.0, top_p: float = 1.0,
@@ -102,7 +83,7 @@ def generate(dataset: datasets.Dataset, engine: Engine, *, n: int = 4, temperatu
     """Python API: `n` candidates for every prompt of `dataset`, seeded per shard exactly like the CLI."""
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, stop=stop or [])
     tpl = load_template(template, "generate", "template") if template else None
-    prompts = _normalise(dataset, prompt_column)
+    prompts = normalise_prompts(dataset, prompt_column)
     shards = [
         generate_shard(prompts.select(range(s, min(s + shard_size, len(prompts)))), engine, params, seed + i,
                        system_prompt, tpl)
@@ -111,70 +92,64 @@ def generate(dataset: datasets.Dataset, engine: Engine, *, n: int = 4, temperatu
     return datasets.concatenate_datasets(shards)
 
 
-def summarise(candidates_per_shard: list[dict]) -> dict:
-    total = Counter()
-    for c in candidates_per_shard:
-        total.update(c)
-    return dict(total)
-
-
 def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False,
                  progress: bool = True, engine: Engine | None = None) -> StageManifest:
-    """Run the generate stage into `run/iter-K/generate/`, resuming finished shards."""
+    """Run the generate stage into `run/iter-K/generate/`, resuming finished shards.
+
+    `engine`: an engine the caller owns and keeps (local executor), instead of loading `generate.model`.
+    """
+    return run_sharded("generate", run, iteration, partial(generate_plan, cfg, engine=engine), overwrite=overwrite,
+                       progress=progress)
+
+
+def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = None) -> ShardPlan:
+    """The generate stage's shards: `generate.shard_size` prompts each, seeded by the shard's index."""
     g = cfg.generate
     if not g.input:
         raise ConfigError("field 'generate.input' is required: a JSONL, Parquet or CSV file, a datasets directory, "
-                          "or toy:train / toy:test (flag --input)")
+                          "or a registered source such as toy:train (flag --input)")
     if not g.model and engine is None:
-        raise ConfigError("field 'generate.model' is required: a model name or path, or toy:policy (flag --model)")
+        raise ConfigError("field 'generate.model' is required: a model name or path, or a registered source such as "
+                          "toy:policy (flag --model)")
     template = load_template(g.template, "generate", "generate.template") if g.template else None
     prompts, fingerprint = read_prompts(g.input, g.prompt_column)
     if g.limit is not None and g.limit < len(prompts):
         prompts = prompts.select(range(g.limit))
-    num_shards = math.ceil(len(prompts) / g.shard_size)
-    settings = g.model_dump(mode="json", exclude=THROUGHPUT_ONLY)
-    writer = StageWriter(
-        stage_dir(run, "generate", iteration),
-        stage="generate",
+    starts = range(0, len(prompts), g.shard_size)
+    rows = [min(g.shard_size, len(prompts) - s) for s in starts]
+    borrowed = engine is not None and cfg.executor == "local"
+    return ShardPlan(
+        config={**g.model_dump(mode="json", exclude=THROUGHPUT_ONLY), "seed": cfg.seed,
+                "template_sha256": template.sha256 if template else None},
         config_hash=config_hash(g, cfg.seed, template.sha256 if template else None, exclude=THROUGHPUT_ONLY),
         input_fingerprint=fingerprint,
-        config={**settings, "seed": cfg.seed, "template_sha256": template.sha256 if template else None},
-        num_shards=num_shards,
         shard_size=g.shard_size,
-        overwrite=overwrite,
-    )
-    todo = [i for i in range(num_shards) if i not in writer.done]
-    if not todo and writer.complete:
-        log.info("generate: all %d shards already done in %s", num_shards, writer.dir)
-        return writer.manifest
-    params = sampling_of(g)
+        shard_rows=rows,
+        shard_input=lambda i: prompts.select(range(starts[i], starts[i] + rows[i])),
+        work=partial(generate_work, params=sampling_of(g), seed=cfg.seed, system_prompt=g.system_prompt),
+        setup=(lambda: (engine, template)) if borrowed else partial(generator_replica, g),
+        teardown=None if borrowed else close_generator,
+        counts=lambda i, tables: shard_counts(rows[i], tables["candidates"]),
+        summarise=lambda writer: summarise(writer.manifest),
+        unit="prompts", executor=cfg.executor, ray_config=cfg.ray)
 
-    def shard_input(i: int) -> datasets.Dataset:
-        return prompts.select(range(i * g.shard_size, min((i + 1) * g.shard_size, len(prompts))))
 
-    shards = map_shards(cfg.executor, todo, shard_input, ray_config=cfg.ray,
-                        work=partial(generate_work, params=params, seed=cfg.seed, system_prompt=g.system_prompt),
-                        setup=partial(generator_replica, g), teardown=close_generator,
-                        state=(engine, template) if engine is not None else None)
-    with StageProgress("generate", total=len(prompts), done=len(prompts) - _rows_left(todo, g.shard_size, len(prompts)),
-                       unit="prompts", enabled=progress) as bar:
-        for i, tables, seconds in shards:
-            out = tables["candidates"]
-            counts = {
-                "prompts": _rows_left([i], g.shard_size, len(prompts)),
-                "candidates": len(out),
-                "failed": sum(f is not None for f in out["failure"]),
-                "tokens": sum(out["num_tokens"]),
-                **{f"finish_{k}": v for k, v in Counter(out["finish_reason"]).items()},
-            }
-            writer.write_shard(i, {"candidates": out}, seconds, counts)
-            bar.advance(counts["prompts"], tokens=counts["tokens"])
-    totals = summarise([s.counts for s in writer.manifest.shards.values()])
-    gen_seconds = sum(s.seconds for s in writer.manifest.shards.values())
-    summary = {**totals, "generation_seconds": round(gen_seconds, 2),
-               "prompts_per_s": round(totals.get("prompts", 0) / gen_seconds, 2) if gen_seconds else None,
-               "tokens_per_s": round(totals.get("tokens", 0) / gen_seconds, 1) if gen_seconds else None}
-    return writer.finish(summary)
+def shard_counts(prompts: int, candidates: datasets.Dataset) -> dict[str, int]:
+    return {"prompts": prompts, "candidates": len(candidates),
+            "failed": sum(f is not None for f in candidates["failure"]),
+            "tokens": sum(candidates["num_tokens"]),
+            **{f"finish_{k}": v for k, v in Counter(candidates["finish_reason"]).items()}}
+
+
+def summarise(manifest: StageManifest) -> dict:
+    """Totals over the shards, and the throughput of the time spent generating."""
+    totals: Counter = Counter()
+    for shard in manifest.shards.values():
+        totals.update(shard.counts)
+    seconds = sum(s.seconds for s in manifest.shards.values())
+    return {**totals, "generation_seconds": round(seconds, 2),
+            "prompts_per_s": round(totals.get("prompts", 0) / seconds, 2) if seconds else None,
+            "tokens_per_s": round(totals.get("tokens", 0) / seconds, 1) if seconds else None}
 
 
 def generator_replica(g: GenerateConfig) -> tuple[Engine, Template | None]:
@@ -192,7 +167,3 @@ def generate_work(state: tuple[Engine, Template | None], index: int, shard: data
 
 def close_generator(state: tuple[Engine, Template | None]) -> None:
     state[0].close()
-
-
-def _rows_left(todo: list[int], shard_size: int, total: int) -> int:
-    return sum(min(shard_size, total - i * shard_size) for i in todo)

@@ -2,7 +2,8 @@
 
 The wrappers in this package only map our `TrainConfig` onto TRL's configs; TRL does the
 training. Defaults that hurt on CPU or on small models (bf16 everywhere, gradient
-checkpointing, lr 1e-6, max_length 1024, reporting to wandb) are set here once.
+checkpointing, max_length 1024, reporting to wandb) are set here once; each method's learning
+rate, beta and loss live in the config (`train.<method>`), so RUN/pipeline.yaml shows them.
 """
 
 from __future__ import annotations
@@ -25,23 +26,6 @@ from rlaif.progress import StageProgress
 log = logging.getLogger(__name__)
 
 TRAIN_META = "rlaif_train.json"
-
-# Learning rate, beta and loss defaults per method, measured on the toy task (see FACTS.md):
-# plain DPO at lr 1e-4 made the toy policy worse; lr 1e-5 with beta .5 helped.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "sft": {"learning_rate": 1e-4, "loss_type": ["nll"]},
-    "rm": {"learning_rate": 1e-4},
-    "dpo": {"learning_rate": 1e-5, "beta": 0.5, "loss_type": ["sigmoid"]},
-    "kto": {"learning_rate": 1e-5, "beta": 0.1, "loss_type": ["kto"]},
-    "grpo": {"learning_rate": 1e-4},
-}
-
-
-def setting(cfg: TrainConfig, method: str, name: str):
-    """A train setting, or the method's default when the config leaves it null."""
-    value = getattr(cfg, name)
-    return METHOD_DEFAULTS[method].get(name) if value is None else value
-
 
 def on_gpu(cfg: TrainConfig) -> bool:
     if cfg.device == "cpu":
@@ -69,7 +53,7 @@ def trainer_args(cfg: TrainConfig, method: str, output_dir: Path, seed: int) -> 
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        learning_rate=setting(cfg, method, "learning_rate"),
+        learning_rate=cfg.setting(method, "learning_rate"),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=cfg.lr_scheduler,
