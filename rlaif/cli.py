@@ -120,11 +120,14 @@ def _save_pipeline(cfg, run: Path) -> None:
 def review(
     run: Path = typer.Argument(..., help="The run directory (runs/NAME) whose iter-K/filter/pairs people review."),
     iteration: int = IterOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Any non-loopback address requires "
-                             "the token printed at start on every request."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Off loopback, every reviewer "
+                             "needs their own token (see --reviewers)."),
     port: int = typer.Option(8765, "--port", help="Port to listen on."),
     reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Review as NAME (skips the name page). Several "
                                            "people can review at once: each opens /?reviewer=THEIR_NAME."),
+    reviewers: Optional[str] = typer.Option(None, "--reviewers", help="Off loopback: who may review, e.g. ann,bob. "
+                                            "Each gets their own URL and token (kept across restarts), and "
+                                            "verdicts are recorded under the token's owner."),
     stats: bool = typer.Option(False, "--stats", help="Print the agreement statistics and the gate, record them in "
                                "RUN/iter-K/review/manifest.json, and exit (no server)."),
     simulate: bool = typer.Option(False, "--simulate", help="Answer the sample with simulated reviewers (the toy "
@@ -164,16 +167,15 @@ def review(
         return
     import uvicorn
 
-    from rlaif.review.app import create_app
+    from rlaif.review.app import create_app, reviewer_urls
 
-    web = create_app(store.path, host=host, default_reviewer=reviewer, min_agreement=cfg.review.min_agreement,
-                     min_reviewed=cfg.review.min_reviewed)
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={web.state.token}" if web.state.token else "")
+    names = [n.strip() for n in (reviewers or "").split(",") if n.strip()] or ([reviewer] if reviewer else [])
+    web = create_app(store.path, host=host, reviewers=names, default_reviewer=reviewer,
+                     min_agreement=cfg.review.min_agreement, min_reviewed=cfg.review.min_reviewed)
     typer.echo(f"rlaif review: {store.num_items()} pairs in {store.path}", err=True)
-    if web.state.token:
-        typer.echo(f"token: {web.state.token}  (required on every request: this server is not on loopback)")
-    typer.echo(f"open {url}", err=False)
+    for name, url in reviewer_urls(web, host, port).items():
+        typer.echo(f"reviewer {name}: open {url}" if name else f"open {url}")
+    typer.echo(f"serving on {host}:{port} (Ctrl-C to stop)")
     sys.stdout.flush()
     uvicorn.run(web, host=host, port=port, log_level="warning")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -169,6 +170,21 @@ class ReviewStore:
                 (rid, item, pos, int(random.Random(f"{seed}:{name}:{item}").random() < 0.5))
                 for pos, item in enumerate(items)])
             return rid
+
+    def reviewer_tokens(self, names: list[str]) -> dict[str, str]:
+        """Each named reviewer's own access token, created on first use and kept in the store, so the URLs
+        handed out stay valid across server restarts and a verdict is recorded under its token's owner."""
+        for name in names:
+            check_reviewer_name(name)
+        with self.connect(write=True) as con:
+            con.execute("CREATE TABLE IF NOT EXISTS reviewer_tokens (name TEXT PRIMARY KEY, "
+                        "token TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
+            for name in names:
+                con.execute("INSERT OR IGNORE INTO reviewer_tokens VALUES (?, ?, ?)",
+                            (name, secrets.token_urlsafe(24), now()))
+            rows = con.execute(f"SELECT name, token FROM reviewer_tokens WHERE name IN ({','.join('?' * len(names))})",
+                               names).fetchall()
+        return {r["name"]: r["token"] for r in rows}
 
     def reviewer_id(self, name: str) -> int:
         with self.connect() as con:
