@@ -490,6 +490,31 @@ def report(run: Path = typer.Argument(..., help="Run directory (runs/NAME).")):
     typer.echo(write_report(run))
 
 
+@app.command()
+def verify(run: Path = typer.Argument(..., help="Run directory (runs/NAME) to check.")):
+    """Check every manifest, shard, review store and export of RUN against what was written (sizes, sha256,
+    row counts, SQLite integrity). Exit 0 when all is intact, 1 when something is damaged, 2 on a usage error."""
+    from rich.table import Table
+
+    from rlaif.progress import console
+    from rlaif.verify import verify_run
+
+    checks = verify_run(run)
+    table = Table(title=f"rlaif verify · {run}", header_style="bold")
+    for column in ("part", "checked", "status"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.where, c.checked, "ok" if c.ok else f"[red]damaged[/red]: {len(c.problems)}")
+    console.print(table)
+    for c in checks:
+        for problem in c.problems:
+            typer.echo(f"damaged: {problem}", err=True)
+    damaged = sum(not c.ok for c in checks)
+    typer.echo(f"{len(checks) - damaged} of {len(checks)} parts intact", err=True)
+    if damaged:
+        raise typer.Exit(1)
+
+
 @toy_app.command("build")
 def toy_build(force: bool = typer.Option(False, "--force", help="Rebuild even if cached.")):
     """Build the toy models (policy, judge) and prompt files into $RLAIF_CACHE/toy, or reuse them."""

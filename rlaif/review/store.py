@@ -73,6 +73,23 @@ def check_reviewer_name(name: str) -> str:
     return name
 
 
+def store_problem(path: Path) -> str | None:
+    """What SQLite finds wrong with a store file (not a database, failed integrity check), or None."""
+    try:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return " ".join(str(e).split())
+    if rows != [("ok",)]:
+        return " ".join("; ".join(r[0] for r in rows[:3]).split())
+    missing = {"meta", "items", "reviewers", "assignments", "verdicts"} - tables
+    return f"tables missing: {', '.join(sorted(missing))}" if missing else None
+
+
 class ReviewStore:
     """Access to one review.sqlite; cheap to construct, one connection per operation."""
 
@@ -80,6 +97,12 @@ class ReviewStore:
         self.path = Path(path)
         if not self.path.exists():
             raise RunError(f"{self.path}: no review store; start one with `rlaif review RUN`")
+        problem = store_problem(self.path)
+        if problem:
+            iteration = self.path.parent.parent.name.removeprefix("iter-").lstrip("0") or "0"
+            raise RunError(f"{self.path}: damaged review store ({problem}); restore it from a copy, or move it "
+                           f"away and rerun `rlaif review {self.path.parent.parent.parent} --iteration {iteration}` "
+                           "to draw a new sample (its verdicts are lost)")
 
     @contextmanager
     def connect(self, write: bool = False):

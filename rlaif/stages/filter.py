@@ -26,7 +26,7 @@ from rlaif.errors import InputError, RunError
 from rlaif.pairs import Comparison, pairs_of_prompt, rank_order, repeated_ngram_ratio
 from rlaif.progress import StageProgress
 from rlaif.records import CANDIDATE_COLUMNS, MESSAGES_FEATURE, StageManifest
-from rlaif.runs import StageWriter, fingerprint_files, read_manifest, shard_name, stage_dir
+from rlaif.runs import StageWriter, fingerprint_files, read_manifest, shard_files, shard_name, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -284,8 +284,7 @@ def run_filter(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: 
         raise RunError(f"{judge_dir}: the judge stage is {'missing' if judged is None else 'unfinished'}; "
                        f"run `rlaif judge {run}` first")
     indices = sorted(judged.finished())
-    files = [p for i in indices for p in (judge_dir / "scores" / shard_name(i), judge_dir / "comparisons" / shard_name(i))
-             if p.exists()]
+    files = shard_files(judge_dir, "scores") + shard_files(judge_dir, "comparisons")  # verified, or a clear error
     writer = StageWriter(stage_dir(run, "filter", iteration), stage="filter", config_hash=config_hash(f, cfg.seed),
                          input_fingerprint=fingerprint_files(files), config={**f.model_dump(mode="json"), "seed": cfg.seed},
                          num_shards=len(indices), shard_size=judged.shard_size, overwrite=overwrite)
@@ -332,8 +331,7 @@ def summarise(directory: Path, manifest: StageManifest, index_size: int | None =
     totals: Counter = Counter()
     for shard in manifest.shards.values():
         totals.update(shard.counts)
-    files = [directory / "pairs" / shard_name(i) for i in sorted(manifest.finished())]
-    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in files if p.exists()]
+    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in shard_files(directory, "pairs")]
     table = pa.concat_tables(tables) if tables else None
     margin = table.column("margin").to_numpy() if table is not None else np.array([])
     chosen = _lengths(table, "chosen") if table is not None else np.array([])

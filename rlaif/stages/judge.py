@@ -20,7 +20,7 @@ from rlaif.judges import CandidateItem, build_judge
 from rlaif.judges.ranking import rank_groups
 from rlaif.progress import StageProgress
 from rlaif.records import CANDIDATE_FEATURES, StageManifest
-from rlaif.runs import StageWriter, fingerprint_files, load_table, read_manifest, shard_name, stage_dir
+from rlaif.runs import StageWriter, fingerprint_files, load_table, read_manifest, shard_files, stage_dir
 from rlaif.scale import map_shards
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def run_judge(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: b
     if gen is None or gen.status != "complete":
         raise RunError(f"{source}: the generate stage is not complete; run `rlaif generate` first")
     candidates = load_table(source, "candidates")
-    files = [source / "candidates" / shard_name(i) for i in sorted(gen.finished())]
+    files = shard_files(source, "candidates")
     template_sha = None
     if j.kind == "verifier":  # a bad module:function fails here, before the run directory is touched
         from rlaif.judges.verifier import load_function

@@ -22,7 +22,7 @@ from rlaif.review.gate import check_gate, store_path
 from rlaif.review.sampler import check_pairs, draw_sample
 from rlaif.review.store import ReviewStore
 from rlaif.runs import MANIFEST, atomic_write_bytes, fingerprint_files, load_table, now, package_versions, \
-    read_manifest, shard_name, stage_dir
+    read_manifest, shard_files, shard_name, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ def _pairs_fingerprint(run: str, iteration: int) -> str:
     manifest = read_manifest(directory)
     if manifest is None:
         raise RunError(f"{directory}: no {MANIFEST}; run the filter stage first (it writes the pairs people review)")
-    return fingerprint_files([directory / "pairs" / shard_name(i) for i in sorted(manifest.finished())
-                              if (directory / "pairs" / shard_name(i)).exists()])
+    return fingerprint_files(shard_files(directory, "pairs"))
 
 
 def open_review(cfg: PipelineConfig, run: str, iteration: int = 0) -> ReviewStore:

@@ -22,6 +22,7 @@ import datasets
 from rlaif.config import PipelineConfig, config_hash
 from rlaif.errors import ConfigError, InputError, RunError
 from rlaif.runs import dump_json, fingerprint_files, iteration_dir, package_versions
+from rlaif.stages.export import export_problems
 from rlaif.train.common import ProgressCallback, TrainResult, read_meta, save_final, summarise, timed_train
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,10 @@ def load_export(path: Path, kind: str) -> datasets.DatasetDict:
     """A saved export (DatasetDict with a `train` split, or a bare Dataset) with the columns `kind` needs."""
     if not path.exists():
         raise InputError(f"{path}: no {kind} export; run `rlaif export` first or pass train.input")
+    problems = export_problems(path)
+    if problems:
+        raise RunError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                       + "; rerun `rlaif export RUN` to write the export again")
     try:
         data = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
