@@ -170,3 +170,22 @@ def test_litter_of_a_killed_writer_is_removed(copy):
     litter.write_bytes(b"half a shard")
     run_filter(cfg, str(run), progress=False)
     assert not litter.exists()
+
+
+def test_damaged_train_checkpoint_is_one_line_with_the_recovery(tmp_path, toy_paths):
+    from test_train import write_exports
+
+    run = tmp_path / "run"
+    write_exports(run, n_train=16, n_test=4)
+    args = ["--base", "toy:policy", "--max-steps", "4", "--batch-size", "4", "-q", "--set", "train.save_steps=2",
+            "--set", "train.max_length=32", "--set", "train.keep_checkpoints=true"]
+    assert run_cli("train", "dpo", run, *args).returncode == 0
+    ckpt = run / "iter-000" / "train" / "dpo" / "checkpoint-4"
+    assert json.loads((ckpt / "rlaif_checksums.json").read_text())  # recorded when it was saved
+    shutil.rmtree(run / "iter-000" / "policy")  # as if killed after the last save, before the final one
+    weights = next(ckpt.glob("*.safetensors"))
+    damage(weights, "garble")
+    result = run_cli("train", "dpo", run, *args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{weights}: content differs" in lines[0] and f"delete {ckpt}" in lines[0] and "--overwrite" in lines[0]
