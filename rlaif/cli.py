@@ -125,11 +125,14 @@ def generate(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run d
 @stage_options({}, "config", "sets", "iteration", "quiet")
 def review(
     run: Path = typer.Argument(..., help="The run directory (runs/NAME) whose iter-K/filter/pairs people review."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Any non-loopback address requires "
-                             "the token printed at start on every request."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Off loopback, every reviewer "
+                             "needs their own token (see --reviewers)."),
     port: int = typer.Option(8765, "--port", help="Port to listen on."),
     reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Review as NAME (skips the name page). Several "
                                            "people can review at once: each opens /?reviewer=THEIR_NAME."),
+    reviewers: Optional[str] = typer.Option(None, "--reviewers", help="Off loopback: who may review, e.g. ann,bob. "
+                                            "Each gets their own URL and token (kept across restarts), and "
+                                            "verdicts are recorded under the token's owner."),
     stats: bool = typer.Option(False, "--stats", help="Print the agreement statistics and the gate, record them in "
                                "RUN/iter-K/review/manifest.json, and exit (no server)."),
     simulate: bool = typer.Option(False, "--simulate", help="Answer the sample with simulated reviewers "
@@ -141,7 +144,7 @@ def review(
     """Human spot-check of the judged pairs: serve the review page, or print the statistics and the gate."""
     import uvicorn
 
-    from rlaif.review.app import create_app
+    from rlaif.review.app import create_app, reviewer_urls
     from rlaif.review.stats import flat_summary
     from rlaif.stages import review as stage
 
@@ -159,14 +162,13 @@ def review(
         if gate and not summary["gate"]["passed"]:
             raise RunError(summary["gate"]["message"])
         return
-    web = create_app(store.path, host=host, default_reviewer=reviewer, min_agreement=cfg.review.min_agreement,
-                     min_reviewed=cfg.review.min_reviewed)
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/" + (f"?token={web.state.token}" if web.state.token else "")
+    names = [n.strip() for n in (reviewers or "").split(",") if n.strip()] or ([reviewer] if reviewer else [])
+    web = create_app(store.path, host=host, reviewers=names, default_reviewer=reviewer,
+                     min_agreement=cfg.review.min_agreement, min_reviewed=cfg.review.min_reviewed)
     typer.echo(f"rlaif review: {store.num_items()} pairs in {store.path}", err=True)
-    if web.state.token:
-        typer.echo(f"token: {web.state.token}  (required on every request: this server is not on loopback)")
-    typer.echo(f"open {url}", err=False)
+    for name, url in reviewer_urls(web, host, port).items():
+        typer.echo(f"reviewer {name}: open {url}" if name else f"open {url}")
+    typer.echo(f"serving on {host}:{port} (Ctrl-C to stop)")
     sys.stdout.flush()
     uvicorn.run(web, host=host, port=port, log_level="warning")
 
@@ -315,6 +317,31 @@ def report(run: Path = typer.Argument(..., help="Run directory (runs/NAME).")):
     from rlaif.report import write_report
 
     typer.echo(write_report(run))
+
+
+@app.command()
+def verify(run: Path = typer.Argument(..., help="Run directory (runs/NAME) to check.")):
+    """Check every manifest, shard, review store and export of RUN against what was written (sizes, sha256,
+    row counts, SQLite integrity). Exit 0 when all is intact, 1 when something is damaged, 2 on a usage error."""
+    from rich.table import Table
+
+    from rlaif.progress import console
+    from rlaif.verify import verify_run
+
+    checks = verify_run(run)
+    table = Table(title=f"rlaif verify · {run}", header_style="bold")
+    for column in ("part", "checked", "status"):
+        table.add_column(column)
+    for c in checks:
+        table.add_row(c.where, c.checked, "ok" if c.ok else f"[red]damaged[/red]: {len(c.problems)}")
+    console.print(table)
+    for c in checks:
+        for problem in c.problems:
+            typer.echo(f"damaged: {problem}", err=True)
+    damaged = sum(not c.ok for c in checks)
+    typer.echo(f"{len(checks) - damaged} of {len(checks)} parts intact", err=True)
+    if damaged:
+        raise typer.Exit(1)
 
 
 @toy_app.command("build")

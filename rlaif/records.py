@@ -194,12 +194,24 @@ class PreferencePair(BaseModel):
     review_status: Literal["unreviewed", "agreed", "disagreed", "tie", "both-bad"] = "unreviewed"
 
 
+class FileRecord(BaseModel):
+    """What a shard file was when it was written: a later read checks it is still that file."""
+
+    bytes: int
+    sha256: str
+
+
 class ShardRecord(BaseModel):
-    """A finished shard: what it holds and what it cost."""
+    """A finished shard: what it holds and what it cost; `files` (table -> FileRecord) verifies it.
+
+    Manifests written before shards were hashed have no `files`; they still load (with a warning),
+    and their shards are checked for presence and row counts only.
+    """
 
     rows: dict[str, int]
     seconds: float
     counts: dict[str, int | float] = Field(default_factory=dict)
+    files: dict[str, FileRecord] = Field(default_factory=dict)
 
 
 class StageManifest(BaseModel):

@@ -7,9 +7,13 @@
     runs/<name>/iter-000/policy/                           the checkpoint iteration 0 trained
 
 A shard is written to a temp file and renamed, then recorded in the manifest (also written
-atomically). A rerun skips the shards the manifest lists; a shard file that exists but is not in
-the manifest (killed between rename and manifest write) is simply written again, identically,
-because the seeding unit is the shard.
+atomically) with its row counts, byte size and sha256. A rerun skips the shards the manifest lists;
+a shard file that exists but is not in the manifest (killed between rename and manifest write) is
+simply written again, identically, because the seeding unit is the shard.
+
+Nothing damaged is read silently: every read of a stage's table checks each listed shard against
+its manifest entry (present, same size, same hash, same row count), and a resumed stage checks its
+own finished shards and writes the damaged ones again.
 
 `run_sharded` is the skeleton every sharded stage (generate, judge, filter) runs through: the
 upstream check, the manifest (refuse or resume), the shards left to do, the executor, progress,
@@ -35,11 +39,11 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rlaif.errors import RunError
 from rlaif.progress import StageProgress
-from rlaif.records import ShardRecord, StageManifest
+from rlaif.records import FileRecord, ShardRecord, StageManifest
 from rlaif.scale import map_shards
 
 log = logging.getLogger(__name__)
@@ -85,10 +89,88 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def read_manifest(directory: str | Path) -> StageManifest | None:
+    """A stage's manifest, None when the stage never started; a damaged one is a one-line RunError."""
     path = Path(directory) / MANIFEST
     if not path.exists():
         return None
-    return StageManifest.model_validate_json(path.read_text())
+    try:
+        manifest = StageManifest.model_validate_json(path.read_bytes())
+    except (ValidationError, ValueError, UnicodeDecodeError) as e:
+        first = e.errors()[0] if isinstance(e, ValidationError) else None
+        why = (f"field '{'.'.join(map(str, first['loc']))}': {first['msg']}" if first and first["loc"]
+               else "not valid manifest JSON")
+        raise RunError(f"{path}: damaged manifest ({why}); restore it from a copy, or delete it and rerun the "
+                       f"{path.parent.name} stage (with --overwrite) to write the stage again") from None
+    if manifest.shards and not any(r.files for r in manifest.shards.values()) and str(path) not in _WARNED_LEGACY:
+        _WARNED_LEGACY.add(str(path))
+        log.warning("%s was written without shard hashes (an older rlaif): its shards are checked for presence "
+                    "and row counts only", path)
+    return manifest
+
+
+_WARNED_LEGACY: set[str] = set()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_problem(directory: str | Path, table: str, index: int, record: ShardRecord) -> str | None:
+    """What is wrong with one finished shard file, or None when it is the file the manifest recorded."""
+    path = Path(directory) / table / shard_name(index)
+    if not path.exists():
+        return f"{path}: missing"
+    facts = record.files.get(table)
+    if facts is not None:
+        size = path.stat().st_size
+        if size != facts.bytes:
+            return f"{path}: {size} bytes, but {facts.bytes} were written (truncated or overwritten)"
+        if sha256_file(path) != facts.sha256:
+            return f"{path}: content differs from what was written (sha256 mismatch)"
+    try:
+        rows = pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+        return f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:120]})"
+    if table in record.rows and rows != record.rows[table]:
+        return f"{path}: holds {rows} rows, but the manifest says {record.rows[table]}"
+    return None
+
+
+def damaged_shards(directory: str | Path, manifest: StageManifest) -> dict[int, str]:
+    """Finished shards that fail verification, with the first problem of each."""
+    out = {}
+    for key, record in sorted(manifest.shards.items()):
+        for table in record.rows:
+            problem = shard_problem(directory, table, int(key), record)
+            if problem:
+                out[int(key)] = problem
+                break
+    return out
+
+
+def remove_litter(directory: Path) -> None:
+    """Delete temp files (`.NAME.tmp-PID`) that a killed writer left behind; a live writer's are kept."""
+    if not directory.is_dir():
+        return
+    for tmp in directory.rglob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by a killed process", tmp)
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fingerprint_files(paths: list[Path]) -> str:
@@ -119,11 +201,16 @@ class StageWriter:
     ):
         self.dir = Path(directory)
         self._t0 = time.perf_counter()
+        remove_litter(self.dir)
         existing = read_manifest(self.dir)
         if existing is not None and overwrite:
             discard(self.dir)
             existing = None
         if existing is not None:
+            for index, problem in damaged_shards(self.dir, existing).items():
+                log.warning("%s; writing shard %d again", problem, index)
+                del existing.shards[f"{index:05d}"]
+                existing.status = "running"
             changed = []
             if existing.config_hash != config_hash:
                 changed.append("config")
@@ -165,7 +252,7 @@ class StageWriter:
     def write_shard(self, index: int, tables: dict[str, datasets.Dataset | pa.Table], seconds: float,
                     counts: dict[str, int | float] | None = None) -> None:
         """Write every table of one shard atomically, then record the shard in the manifest."""
-        rows = {}
+        rows, files = {}, {}
         for table, data in tables.items():
             arrow = data.data.table if isinstance(data, datasets.Dataset) else data
             target = self.dir / table
@@ -177,7 +264,9 @@ class StageWriter:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
             rows[table] = arrow.num_rows
-        self.manifest.shards[f"{index:05d}"] = ShardRecord(rows=rows, seconds=round(seconds, 4), counts=counts or {})
+            files[table] = FileRecord(bytes=path.stat().st_size, sha256=sha256_file(path))
+        self.manifest.shards[f"{index:05d}"] = ShardRecord(rows=rows, seconds=round(seconds, 4), counts=counts or {},
+                                                           files=files)
         self.manifest.seconds = round(time.perf_counter() - self._t0, 3)
         self._save()
 
@@ -204,23 +293,31 @@ def discard(directory: Path) -> None:
             shutil.rmtree(table)
 
 
-def shard_files(directory: Path, manifest: StageManifest, table: str) -> list[Path]:
-    """The Parquet files of a table's finished shards, in shard order (a shard may lack an empty table)."""
-    files = [directory / table / shard_name(i) for i in sorted(manifest.finished())]
-    return [f for f in files if f.exists()]
+def shard_files(directory: str | Path, table: str, manifest: StageManifest | None = None) -> list[Path]:
+    """The finished shard files of a stage's table, in shard order, each verified against the manifest
+    (a shard may lack an empty table)."""
+    directory = Path(directory)
+    manifest = manifest or read_manifest(directory)
+    if manifest is None:
+        raise RunError(f"{directory}: no {MANIFEST}; run that stage first")
+    files = []
+    for i in sorted(manifest.finished()):
+        record = manifest.shards[f"{i:05d}"]
+        if table not in record.rows:
+            continue
+        problem = shard_problem(directory, table, i, record)
+        if problem:
+            raise RunError(f"{problem}; rerun the {manifest.stage} stage (the same command) to write it again")
+        files.append(directory / table / shard_name(i))
+    return files
 
 
 def load_table(directory: str | Path, table: str) -> datasets.Dataset:
-    """All finished shards of a stage's table, in shard order, as one Dataset (memory-mapped)."""
-    directory = Path(directory)
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise RunError(f"{directory}: no {MANIFEST}; run that stage first")
-    files = shard_files(directory, manifest, table)
+    """All finished shards of a stage's table, in shard order, as one Dataset; each shard verified first."""
+    files = shard_files(directory, table)
     if not files:
         raise RunError(f"{directory}/{table}: no finished shards")
-    tables = [pq.read_table(f) for f in files]
-    return datasets.Dataset(pa.concat_tables(tables))
+    return datasets.Dataset(pa.concat_tables([pq.read_table(f) for f in files]))
 
 
 def dump_json(path: Path, obj) -> None:
@@ -268,7 +365,7 @@ class Upstream:
     manifest: StageManifest
 
     def files(self, *tables: str) -> list[Path]:
-        return [f for table in tables for f in shard_files(self.dir, self.manifest, table)]
+        return [f for table in tables for f in shard_files(self.dir, table, self.manifest)]
 
     def fingerprint(self, *tables: str) -> str:
         return fingerprint_files(self.files(*tables))

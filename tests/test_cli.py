@@ -17,7 +17,7 @@ COMMAND = typer.main.get_command(cli.app)
 # which config and iteration, whether to start fresh). Everything else comes from the command's table.
 OWN = {
     "generate": {"--out", "--config", "--set", "--iteration", "--overwrite", "--quiet"},
-    "review": {"--iteration", "--host", "--port", "--reviewer", "--stats", "--simulate", "--gate", "--config", "--set",
+    "review": {"--iteration", "--host", "--port", "--reviewer", "--reviewers", "--stats", "--simulate", "--gate", "--config", "--set",
                "--quiet"},
     "filter": {"--config", "--set", "--iteration", "--overwrite", "--quiet"},
     "export": {"--reviewed-only", "--min-agreement", "--config", "--set", "--iteration", "--quiet"},
@@ -28,6 +28,7 @@ OWN = {
     "run": {"--out", "--set", "--quiet"},
     "demo": {"--name", "--set", "--quiet"},
     "report": set(),
+    "verify": set(),
     "toy build": {"--force"},
     "toy path": set(),
 }

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from rlaif import sources
 from rlaif.engines.base import Completion, Engine, GenerationRequest, GenerationResult
 from rlaif.engines.openai import OpenAIEngine
@@ -12,8 +15,20 @@ __all__ = ["Completion", "Engine", "GenerationRequest", "GenerationResult", "loa
 
 
 def resolve_model(name: str | None, field: str = "model") -> str:
-    """A model name or path; registered source names (`toy:judge`, `smollm2:135m-instruct`) become local paths."""
-    return sources.resolve(name, field)
+    """A model name or path; registered source names (`toy:judge`, `smollm2:135m-instruct`) become local paths.
+
+    A name written as a path (absolute, `./`, `../`, `~`) must be a model directory: otherwise the
+    hub client would answer with a confusing "Repo id must be..." message.
+    """
+    resolved = sources.resolve(name, field)
+    if resolved == name and (os.path.isabs(name) or name.startswith(("./", "../", "~"))):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ConfigError(f"field '{field}': {name}: no such model directory; expected a directory holding "
+                              "config.json and the weights, a hub name (org/name), or a source such as toy:policy")
+        if path.is_dir() and not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise ConfigError(f"field '{field}': {name}: not a model directory (no config.json or adapter_config.json)")
+    return resolved
 
 
 def load_engine(block, field: str = "generate") -> Engine:

@@ -26,7 +26,8 @@ from rlaif.inputs import read_prompts
 from rlaif.judges import build_judge
 from rlaif.runs import dump_json, fingerprint_files, iteration_dir, package_versions, previous_policy
 from rlaif.stages.export import load_export
-from rlaif.train.common import ProgressCallback, TrainResult, read_meta, save_final, summarise, timed_train
+from rlaif.train.common import (ChecksumCallback, ProgressCallback, TrainResult, checkpoint_problem, read_meta,
+                                save_final, summarise, timed_train)
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ def last_complete_checkpoint(work: Path) -> str | None:
     found = sorted((int(p.name.split("-")[-1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit())
     for _, path in reversed(found):
         if (path / "trainer_state.json").exists():
+            problem = checkpoint_problem(path)
+            if problem:
+                raise RunError(f"{problem}; delete {path} to resume from the checkpoint before it, or rerun "
+                               "with --overwrite to train from the start")
             return str(path)
         log.warning("train: removing the incomplete checkpoint %s (killed while saving)", path)
         shutil.rmtree(path, ignore_errors=True)
@@ -165,7 +170,7 @@ def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None
     quiet_libraries()
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    callbacks = [ProgressCallback(f"train {method}", progress)]
+    callbacks = [ProgressCallback(f"train {method}", progress), ChecksumCallback()]
     trainer = _build(method, base, train, cfg, work, seed, tokenizer, eval_set, callbacks, run, iteration, judge)
     trainer.remove_callback(PrinterCallback)  # our bar and summary replace the printed log dicts
     seconds = timed_train(trainer, resume)

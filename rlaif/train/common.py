@@ -94,6 +94,45 @@ def lora_config(block: LoraBlock | None, task_type: str):
                       target_modules=block.target_modules, task_type=task_type)
 
 
+CHECKSUMS = "rlaif_checksums.json"
+
+
+class ChecksumCallback(TrainerCallback):
+    """After the Trainer saves `checkpoint-N`, record size and sha256 of its files, so a resume can tell a
+    damaged checkpoint from an intact one (safetensors and torch files carry no checksum of their own)."""
+
+    def on_save(self, args, state, control, **kw):
+        from rlaif.runs import atomic_write_bytes, sha256_file
+
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            files = {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                     for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+            atomic_write_bytes(ckpt / CHECKSUMS, json.dumps(files, indent=1).encode())
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What differs between a checkpoint and the checksums recorded when it was saved (none recorded: None)."""
+    record = ckpt / CHECKSUMS
+    if not record.exists():
+        return None
+    try:
+        recorded = json.loads(record.read_text())
+    except ValueError:
+        return f"{record}: not valid JSON"
+    for name, facts in recorded.items():
+        path = ckpt / name
+        if not path.exists():
+            return f"{path}: missing"
+        if path.stat().st_size != facts["bytes"]:
+            return f"{path}: {path.stat().st_size} bytes, but {facts['bytes']} were saved (truncated or overwritten)"
+        from rlaif.runs import sha256_file
+
+        if sha256_file(path) != facts["sha256"]:
+            return f"{path}: content differs from what was saved (sha256 mismatch)"
+    return None
+
+
 class ProgressCallback(TrainerCallback):
     """Drives our progress bar from the Trainer's steps (HF's own tqdm is off)."""
 

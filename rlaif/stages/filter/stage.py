@@ -25,7 +25,7 @@ from rlaif.config import FilterConfig, PipelineConfig, config_hash
 from rlaif.errors import InputError, RunError
 from rlaif.records import (DROPPED_FEATURES, PAIR_FEATURES, PROVENANCE_COLUMNS, StageManifest, extra_columns,
                            with_columns)
-from rlaif.runs import ShardPlan, Upstream, run_sharded, shard_name
+from rlaif.runs import ShardPlan, Upstream, run_sharded, shard_files, shard_name
 from rlaif.stages.filter.dedup import NearDuplicateIndex, near_duplicates, signatures
 from rlaif.stages.filter.pairs import Comparison, pairs_of_prompt, rank_order, repeated_ngram_ratio
 
@@ -302,8 +302,7 @@ def summarise(directory: Path, manifest: StageManifest, index_size: int | None =
     totals: Counter = Counter()
     for shard in manifest.shards.values():
         totals.update(shard.counts)
-    files = [directory / "pairs" / shard_name(i) for i in sorted(manifest.finished())]
-    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in files if p.exists()]
+    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in shard_files(directory, "pairs")]
     table = pa.concat_tables(tables) if tables else None
     margin = table.column("margin").to_numpy() if table is not None else np.array([])
     chosen = _lengths(table, "chosen") if table is not None else np.array([])
