@@ -16,6 +16,7 @@ from typing import Optional
 
 import typer
 from rich.logging import RichHandler
+from rich.table import Table
 
 from rlaif import toy
 from rlaif.cli_options import StageOptions, stage_options
@@ -323,9 +324,6 @@ def report(run: Path = typer.Argument(..., help="Run directory (runs/NAME).")):
 def verify(run: Path = typer.Argument(..., help="Run directory (runs/NAME) to check.")):
     """Check every manifest, shard, review store and export of RUN against what was written (sizes, sha256,
     row counts, SQLite integrity). Exit 0 when all is intact, 1 when something is damaged, 2 on a usage error."""
-    from rich.table import Table
-
-    from rlaif.progress import console
     from rlaif.verify import verify_run
 
     checks = verify_run(run)

@@ -14,6 +14,7 @@ from pathlib import Path
 from rlaif.errors import RlaifError, RunError
 from rlaif.review.store import store_problem
 from rlaif.runs import MANIFEST, damaged_shards, read_manifest
+from rlaif.stages.export import export_problems
 
 
 @dataclass
@@ -65,8 +66,6 @@ def _check_stage(run: Path, directory: Path) -> Check:
 
 
 def _check_export(run: Path, export: Path) -> Check:
-    from rlaif.stages.export import export_problems  # the export stage owns its file record
-
     problems = export_problems(export)
     return Check(str(export.relative_to(run)), "export files",
                  [f"{p}; rerun `rlaif export {run}` to write it again" for p in problems])

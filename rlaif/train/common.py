@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 from rlaif.config import LoraBlock, TrainConfig
 from rlaif.errors import ConfigError
 from rlaif.progress import StageProgress
+from rlaif.runs import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,6 @@ class ChecksumCallback(TrainerCallback):
     damaged checkpoint from an intact one (safetensors and torch files carry no checksum of their own)."""
 
     def on_save(self, args, state, control, **kw):
-        from rlaif.runs import atomic_write_bytes, sha256_file
-
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if ckpt.is_dir():
             files = {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
@@ -126,8 +125,6 @@ def checkpoint_problem(ckpt: Path) -> str | None:
             return f"{path}: missing"
         if path.stat().st_size != facts["bytes"]:
             return f"{path}: {path.stat().st_size} bytes, but {facts['bytes']} were saved (truncated or overwritten)"
-        from rlaif.runs import sha256_file
-
         if sha256_file(path) != facts["sha256"]:
             return f"{path}: content differs from what was saved (sha256 mismatch)"
     return None
