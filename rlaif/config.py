@@ -81,6 +81,8 @@ class GenerateConfig(EngineBlock):
         they are cut from the text).
     Parameters of the run:
         shard_size: prompts per Parquet shard; the unit of resume and of seeding (seed + shard index).
+    Parameters of the Batch API (`openai` engine):
+        batch, batch_poll_s, batch_poll_max_s (described on the fields).
     """
 
     input: str | None = None
@@ -94,6 +96,12 @@ class GenerateConfig(EngineBlock):
     max_new_tokens: int = Field(256, ge=1)
     stop: list[str] = Field(default_factory=list)
     shard_size: int = Field(256, ge=1)
+    batch: bool = Field(False, description="openai engine: send every unfinished shard as one OpenAI Batch API job "
+                        "(upload, create, poll, download; half the price on OpenAI, answers within 24 h). Failed or "
+                        "expired requests are resubmitted once; a killed run re-attaches to its batch.")
+    batch_poll_s: float = Field(10.0, gt=0, description="Batch API: first wait between polls of a batch's status, "
+                                "in seconds; it doubles up to batch_poll_max_s.")
+    batch_poll_max_s: float = Field(300.0, gt=0, description="Batch API: longest wait between polls, in seconds.")
 
     @field_validator("stop")
     @classmethod
@@ -449,6 +457,15 @@ class LoopConfig(StrictModel):
     train_reward_model: bool = False
 
 
+class ModelPrice(StrictModel):
+    """The price of one model behind an OpenAI-compatible API (an entry of the top-level `pricing` table)."""
+
+    input_per_mtok: float = Field(..., ge=0, description="US dollars per million input (prompt) tokens.")
+    output_per_mtok: float = Field(..., ge=0, description="US dollars per million output (completion) tokens.")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="The share taken off both prices for requests "
+                                  "answered through the Batch API (0.5 on OpenAI).")
+
+
 class PipelineConfig(StrictModel):
     """A whole pipeline file. Later stages add their sections here."""
 
@@ -464,6 +481,10 @@ class PipelineConfig(StrictModel):
     executor: Literal["local", "ray"] = "local"
     ray: RayConfig = Field(default_factory=RayConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict, description="Prices by model name (as the "
+                                           "generate/judge `model` field names it): turns the token usage of the "
+                                           "openai engine into dollars in the stage summaries, `rlaif ledger` and "
+                                           "the report.")
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

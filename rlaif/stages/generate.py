@@ -16,6 +16,7 @@ import datasets
 
 from rlaif.config import GenerateConfig, PipelineConfig, config_hash
 from rlaif.engines import Engine, GenerationRequest, load_engine
+from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.errors import ConfigError
 from rlaif.inputs import read_prompts
 from rlaif.progress import StageProgress
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 # Settings that change speed, not output: changing them does not invalidate finished shards.
 THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env",
-                   "retry_backoff_s", "requests_per_minute", "tokens_per_minute"}
+                   "retry_backoff_s", "requests_per_minute", "tokens_per_minute", "batch", "batch_poll_s",
+                   "batch_poll_max_s"}
 
 
 def sampling_of(cfg: GenerateConfig) -> SamplingParams:
@@ -49,12 +51,19 @@ def render_prompt(row: dict, system_prompt: str | None, template: Template | Non
     return messages
 
 
+def shard_requests(prompts: datasets.Dataset, params: SamplingParams, seed: int, system_prompt: str | None = None,
+                   template: Template | None = None) -> tuple[list[dict], list[list[dict]], list[GenerationRequest]]:
+    """The rows of one shard, their rendered chats, and the engine requests for them."""
+    rows = prompts.to_list()
+    chats = [render_prompt(r, system_prompt, template) for r in rows]
+    return rows, chats, [GenerationRequest(prompt=c, params=params, seed=seed) for c in chats]
+
+
 def generate_shard(prompts: datasets.Dataset, engine: Engine, params: SamplingParams, seed: int,
                    system_prompt: str | None = None, template: Template | None = None) -> datasets.Dataset:
     """Candidates for one shard of prompts: `len(prompts) * params.n` rows, input columns carried through."""
-    rows = prompts.to_list()
-    chats = [render_prompt(r, system_prompt, template) for r in rows]
-    results = engine.generate([GenerationRequest(prompt=c, params=params, seed=seed) for c in chats])
+    rows, chats, requests = shard_requests(prompts, params, seed, system_prompt, template)
+    results = engine.generate(requests)
     extra_columns = [c for c in prompts.column_names if c not in ("id", "messages")]
     out: dict[str, list] = {c: [] for c in list(CANDIDATE_FEATURES) + extra_columns}
     sampling = params.model_dump()
@@ -133,6 +142,13 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
         prompts = prompts.select(range(g.limit))
     num_shards = math.ceil(len(prompts) / g.shard_size)
     settings = g.model_dump(mode="json", exclude=THROUGHPUT_ONLY)
+    if g.batch and (engine.name if engine is not None else g.engine) != "openai":
+        raise ConfigError("field 'generate.batch': the Batch API needs engine openai (flag --engine openai)")
+    if g.batch and cfg.executor != "local":
+        raise ConfigError("field 'generate.batch': a Batch API job is driven from this process; use executor local")
+    # the openai engine this stage builds ledgers every answer in RUN/ledger.sqlite (a borrowed engine keeps its own)
+    ledger = CallLedger.for_run(run, "generate", iteration, fresh=overwrite) if engine is None and \
+        g.engine == "openai" else None
     writer = StageWriter(
         stage_dir(run, "generate", iteration),
         stage="generate",
@@ -152,10 +168,15 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
     def shard_input(i: int) -> datasets.Dataset:
         return prompts.select(range(i * g.shard_size, min((i + 1) * g.shard_size, len(prompts))))
 
+    state = (engine, template) if engine is not None else None
+    built = None
+    if g.batch and todo:  # one Batch API job answers every unfinished shard into the ledger; the shards read it
+        state = built = state or generator_replica(g, ledger)
+        state[0].prefetch([shard_requests(shard_input(i), params, cfg.seed + i, g.system_prompt, template)[2]
+                           for i in todo], progress=progress)
     shards = map_shards(cfg.executor, todo, shard_input, ray_config=cfg.ray,
                         work=partial(generate_work, params=params, seed=cfg.seed, system_prompt=g.system_prompt),
-                        setup=partial(generator_replica, g), teardown=close_generator,
-                        state=(engine, template) if engine is not None else None)
+                        setup=partial(generator_replica, g, ledger), teardown=close_generator, state=state)
     with StageProgress("generate", total=len(prompts), done=len(prompts) - _rows_left(todo, g.shard_size, len(prompts)),
                        unit="prompts", enabled=progress) as bar:
         for i, tables, seconds in shards:
@@ -169,18 +190,24 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
             }
             writer.write_shard(i, {"candidates": out}, seconds, counts)
             bar.advance(counts["prompts"], tokens=counts["tokens"])
+    if built is not None:
+        close_generator(built)
     totals = summarise([s.counts for s in writer.manifest.shards.values()])
     gen_seconds = sum(s.seconds for s in writer.manifest.shards.values())
     summary = {**totals, "generation_seconds": round(gen_seconds, 2),
                "prompts_per_s": round(totals.get("prompts", 0) / gen_seconds, 2) if gen_seconds else None,
                "tokens_per_s": round(totals.get("tokens", 0) / gen_seconds, 1) if gen_seconds else None}
+    if ledger is not None:
+        summary.update(usage_summary(ledger, "generate", iteration, cfg.pricing))
     return writer.finish(summary)
 
 
-def generator_replica(g: GenerateConfig) -> tuple[Engine, Template | None]:
+def generator_replica(g: GenerateConfig, ledger: CallLedger | None = None) -> tuple[Engine, Template | None]:
     """What one worker holds (built where it runs: this process, or a Ray replica): engine and template."""
     template = load_template(g.template, "generate", "generate.template") if g.template else None
-    return load_engine(g, "generate"), template
+    engine = load_engine(g, "generate")
+    attach_ledger(engine, ledger)
+    return engine, template
 
 
 def generate_work(state: tuple[Engine, Template | None], index: int, shard: datasets.Dataset, *,

@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 
 from rlaif.config import JudgeConfig, PipelineConfig, config_hash
+from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.errors import RunError
 from rlaif.judges import CandidateItem, build_judge
 from rlaif.judges.ranking import rank_groups
@@ -218,16 +219,28 @@ def run_judge(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: b
 
     # the executor (rlaif.scale) runs judge_shard locally or on Ray replicas; this driver writes every shard
     borrowed = build_judge(j, engine, cfg.seed) if engine is not None and todo and cfg.executor == "local" else None
+    ledger = CallLedger.for_run(run, "judge", iteration, fresh=overwrite) if engine is None and \
+        j.engine == "openai" and j.kind in ("pairwise", "pointwise", "likelihood") else None
     shards = map_shards(cfg.executor, todo, shard_input, ray_config=cfg.ray, state=borrowed,
                         work=partial(judge_work, schedule=j.schedule, ranking=j.ranking, tie_band=j.tie_band),
-                        setup=partial(build_judge, j, None, cfg.seed), teardown=close_judge)
+                        setup=partial(judge_replica, j, cfg.seed, ledger), teardown=close_judge)
     done_rows = len(candidates) - sum(_shard_rows(bounds, i, j.shard_size) for i in todo)
     with StageProgress("judge", total=len(candidates), done=done_rows, unit="candidates", enabled=progress) as bar:
         for i, tables, seconds in shards:
             writer.write_shard(i, tables, seconds, shard_counts(tables))
             bar.advance(len(tables["scores"]))
     seconds = sum(s.seconds for s in writer.manifest.shards.values())
-    return writer.finish(summarise(writer.dir, j.kind, seconds))
+    summary = summarise(writer.dir, j.kind, seconds)
+    if ledger is not None:
+        summary.update(usage_summary(ledger, "judge", iteration, cfg.pricing))
+    return writer.finish(summary)
+
+
+def judge_replica(j: JudgeConfig, seed: int, ledger: CallLedger | None = None):
+    """The judge one worker holds; an openai engine it builds answers from and into the run's ledger."""
+    judge_obj = build_judge(j, None, seed)
+    attach_ledger(getattr(judge_obj, "engine", None), ledger)
+    return judge_obj
 
 
 def judge_work(judge_obj, index: int, shard: datasets.Dataset, *, schedule: str, ranking: str,
