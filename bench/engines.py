@@ -1,7 +1,9 @@
 """Benchmark the engines on the same job: generation tokens/s and `score` rows/s.
 
 Engines: transformers (the baseline of the ratios), vLLM offline, and the OpenAI engine against a
-vLLM OpenAI server of the same model. One vLLM instance runs at a time (the offline engine is
+vLLM OpenAI server of the same model: its `score` tokenises with the model directory's tokenizer
+(batched), and once more with the server's `/tokenize` (one request per distinct text), as a remote
+model without a local directory would. One vLLM instance runs at a time (the offline engine is
 closed before the server starts). Each measurement is the median of `--rounds` after a warm-up.
 
     .venv/bin/python bench/engines.py [--prompts 256] [--rounds 3] [--model toy:policy]
@@ -127,6 +129,9 @@ def main() -> None:
         try:
             results["openai (vLLM server)"] = measure(OpenAIEngine(model, base_url=url, max_concurrency=64),
                                                       prompts, args.rounds)
+            # score tokenised by the server's /tokenize (what a remote model without a local directory gets)
+            results["openai (vLLM server, /tokenize)"] = measure(
+                OpenAIEngine(model, base_url=url, max_concurrency=64, tokenizer=""), prompts, args.rounds)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)

@@ -548,6 +548,9 @@ def ledger_(
             typer.echo(f"{scope['stage']} iteration {scope['iteration']}, last run: {scope['misses']} answers were "
                        f"not in the ledger; {scope['new']} of them new work (no stored answer to the same prompt or row)")
             for reason in scope["broken"]:
+                if not reason["fields"]:  # the same key in a ledger kept beside: --overwrite asked again
+                    typer.echo(f"  {reason['requests']} were answered before, with the same key, in {reason['ledger']}")
+                    continue
                 changes = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in reason["example"].items())
                 typer.echo(f"  {reason['requests']} differ from answers in {reason['ledger']} in "
                            f"{', '.join(reason['fields'])} (e.g. {changes})")

@@ -2,7 +2,7 @@
 
 Per iteration: candidates, pairs kept and dropped by reason, judge position consistency and
 first-position rate, judge-human agreement, reward-model accuracy, win rate, checked accuracy with
-intervals, and time per stage; the judge's own checked accuracy is drawn beside the policy's, so a
+intervals, time per stage, and the openai engine's tokens and dollars (with a `pricing` table); the judge's own checked accuracy is drawn beside the policy's, so a
 reader sees when the policy catches up with its judge.
 """
 
@@ -159,6 +159,26 @@ def iteration_rows(state: dict) -> list[list]:
     return rows
 
 
+def api_rows(state: dict) -> list[list]:
+    """Token usage and dollars of the openai engine, per iteration, stage and model (the `api.*` summary keys)."""
+    rows = []
+    for it in state["iterations"]:
+        for stage, figures in it.get("stages", {}).items():
+            per_model: dict[str, dict] = {}
+            for key, value in (figures.get("summary") or {}).items():
+                if key.startswith("api."):
+                    model, figure = key[4:].rsplit(".", 1)
+                    per_model.setdefault(model, {})[figure] = value
+            for model, f in sorted(per_model.items()):
+                rows.append([it["iteration"], stage, model, f.get("answers"), f.get("ledger_hits"),
+                             f.get("prompt_tokens"), f.get("completion_tokens"), f.get("batch_answers", 0),
+                             f"{f['cost_usd']:,.4f}" if f.get("cost_usd") is not None else None])
+    return rows
+
+
+API_HEADERS = ["iter", "stage", "model", "answers paid", "ledger hits", "input tokens", "output tokens",
+               "via Batch API", "cost (USD)"]
+
 HEADERS = ["iter", "candidates", "pairs kept", "dropped", "judge consistency", "judge 1st-slot rate",
            "judge-human agreement", "RM accuracy", "win rate vs prev", "greedy acc. [95% CI]",
            "sampled acc. [95% CI]", "control greedy acc.", "time per stage"]
@@ -196,6 +216,10 @@ def render(run: Path, state: dict) -> str:
         for reason, count in drops(it.get("stages", {}).get("filter", {}).get("summary", {})).items():
             drop_rows.append([it["iteration"], reason, count])
     parts.append(_table(["iter", "reason", "rows"], drop_rows))
+    api = api_rows(state)
+    if api:
+        parts.append("<h2>API usage and cost</h2>")
+        parts.append(_table(API_HEADERS, api))
     parts.append("</body></html>")
     return "\n".join(parts)
 

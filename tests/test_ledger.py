@@ -66,6 +66,7 @@ def write_prompts(path: Path, tag: str, count: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_mid_run_resends_no_completed_request(slow_server, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", "kill", 24)
     job = ["generate", "--engine", "openai", "--model", "mock", "--base-url", slow_server, "--input", prompts,
@@ -157,6 +158,7 @@ def test_only_completed_answers_are_ledgered_never_failures_nor_the_key(server, 
         {"only #fault=500": 3, "only #fault=400": 1}
 
 
+@pytest.mark.slow
 def test_judge_calls_go_through_the_ledger_and_explain_names_the_broken_field(server, tmp_path):
     prompts = write_prompts(tmp_path / "prompts.jsonl", "explain", 3)
     run = tmp_path / "run"
@@ -187,7 +189,7 @@ def test_judge_calls_go_through_the_ledger_and_explain_names_the_broken_field(se
         p, c = db.execute("SELECT SUM(prompt_tokens), SUM(completion_tokens) FROM calls WHERE stage = 'generate'"
                           ).fetchone()
     assert gen_summary["api.mock.prompt_tokens"] == p > 0 and gen_summary["api.mock.completion_tokens"] == c > 0
-    assert gen_summary["cost_usd"] == pytest.approx((2.0 * p + 8.0 * c) / 1e6)
+    assert gen_summary["cost_usd"] == pytest.approx((2.0 * p + 8.0 * c) / 1e6, abs=1e-6)  # rounded to 1e-6
 
     res = run_cli(*gen, "--max-new-tokens", "16", "--overwrite", env=env)  # pays again, into a new ledger
     assert res.returncode == 0, res.stderr
@@ -206,3 +208,17 @@ def test_ledger_command_without_a_ledger_is_one_clear_line(tmp_path):
     res = run_cli("ledger", tmp_path)
     assert res.returncode == 2 and res.stderr.count("error:") == 1 and "no ledger" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_report_lists_api_usage_and_cost_per_stage_and_model():
+    from rlaif.report import api_rows, render
+
+    state = {"iterations": [{"iteration": 0, "stages": {
+        "generate": {"summary": {"candidates": 8, "api.gpt-4.1-mini.answers": 8, "api.gpt-4.1-mini.ledger_hits": 2,
+                                 "api.gpt-4.1-mini.prompt_tokens": 120, "api.gpt-4.1-mini.completion_tokens": 64,
+                                 "api.gpt-4.1-mini.batch_answers": 8, "api.gpt-4.1-mini.cost_usd": 0.0123}},
+        "judge": {"summary": {"scored": 8}}}}]}
+    assert api_rows(state) == [[0, "generate", "gpt-4.1-mini", 8, 2, 120, 64, 8, "0.0123"]]
+    page = render(Path("runs/x"), {**state, "status": "complete"})
+    assert "API usage and cost" in page and "gpt-4.1-mini" in page
+    assert "API usage and cost" not in render(Path("runs/x"), {"iterations": [], "status": "complete"})

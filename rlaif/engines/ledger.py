@@ -11,6 +11,8 @@ Why it looks like this:
 - The key's fields are stored beside its hash (the prompt as its own hash), so `rlaif ledger RUN
   --explain` can name the field that broke a match. Only completed requests are stored: never a
   transient failure, never the API key (it lives in a header, which is not part of the key).
+- `--overwrite` of a stage keeps the whole ledger as a file beside it and drops that stage's answers
+  from the live one: the stage pays again, the other stages keep theirs.
 - The Batch API's jobs are recorded here too (`batches`, `batch_items`), so a killed driver
   re-attaches to its batch instead of paying for a new one (rlaif/engines/batch.py).
 """
@@ -23,6 +25,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,10 +118,10 @@ class CallLedger:
 
     @classmethod
     def for_run(cls, run: str | Path, stage: str, iteration: int = 0, *, fresh: bool = False) -> "CallLedger":
-        """The run's ledger; `fresh` (the stage's --overwrite) moves a non-empty one aside and starts anew."""
+        """The run's ledger; `fresh` (the stage's --overwrite) starts this stage anew, keeping the old file beside."""
         path = Path(run) / LEDGER_FILE
         if fresh and path.exists():
-            rotate(path)
+            set_aside(path, stage, iteration)
         return cls(path, stage=stage, iteration=iteration)
 
     # pickled into Ray replicas as its path and labels; each process opens its own connection
@@ -260,27 +263,36 @@ def _scope(stage, iteration, table: str = "") -> tuple[str, list]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def rotate(path: Path) -> Path | None:
-    """Move a ledger with answers aside (`ledger-<UTC time>.sqlite`, beside it); an empty one is just removed."""
-    conn = sqlite3.connect(path, timeout=60)
+def set_aside(path: Path, stage: str, iteration: int) -> Path | None:
+    """--overwrite of a stage: keep the whole ledger as `ledger-<UTC time>.sqlite` beside it, then drop
+    that stage's answers (and its Batch API jobs and lookups) from the live one. Other stages keep theirs."""
+    conn = sqlite3.connect(path, timeout=60, isolation_level=None)
     try:
-        has = conn.execute("SELECT name FROM sqlite_master WHERE name = 'calls'").fetchone()
-        answers = conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0] if has else 0
-        batches = conn.execute("SELECT COUNT(*) FROM batches").fetchone()[0] if has else 0
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn.executescript(SCHEMA)
+        scope = (stage, iteration)
+        held = conn.execute("SELECT (SELECT COUNT(*) FROM calls WHERE stage = ? AND iteration = ?) + (SELECT COUNT(*) "
+                            "FROM batches WHERE stage = ? AND iteration = ?)", scope * 2).fetchone()[0]
+        if not held:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target, k = path.with_name(f"ledger-{stamp}.sqlite"), 1
+        while target.exists():
+            target, k = path.with_name(f"ledger-{stamp}-{k}.sqlite"), k + 1
+        with closing(sqlite3.connect(target)) as copy:
+            conn.backup(copy)  # a consistent copy, WAL included
+        sessions = "SELECT session FROM sessions WHERE stage = ? AND iteration = ?"
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM calls WHERE stage = ? AND iteration = ?", scope)
+        conn.execute("DELETE FROM batch_items WHERE intent IN (SELECT intent FROM batches WHERE stage = ? AND "
+                     "iteration = ?)", scope)
+        conn.execute("DELETE FROM batches WHERE stage = ? AND iteration = ?", scope)
+        conn.execute(f"DELETE FROM lookups WHERE session IN ({sessions})", scope)
+        conn.execute(f"DELETE FROM misses WHERE session IN ({sessions})", scope)
+        conn.execute("DELETE FROM sessions WHERE stage = ? AND iteration = ?", scope)
+        conn.execute("COMMIT")
+        return target
     finally:
         conn.close()
-    for suffix in ("-wal", "-shm"):
-        Path(str(path) + suffix).unlink(missing_ok=True)
-    if not answers and not batches:
-        path.unlink()
-        return None
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    target, k = path.with_name(f"ledger-{stamp}.sqlite"), 1
-    while target.exists():
-        target, k = path.with_name(f"ledger-{stamp}-{k}.sqlite"), k + 1
-    path.rename(target)
-    return target
 
 
 # ---------------------------------------------------------------- reading a ledger back
@@ -350,6 +362,9 @@ def explain(ledger: CallLedger, kept: list[CallLedger] = (), limit: int = 2000) 
 
 
 def _near(book: CallLedger, key: str, prompt_hash: str, fields: dict, at: float) -> list[dict]:
+    same = book.query("SELECT fields FROM calls WHERE key = ? AND created < ?", (key, at))
+    if same:  # only in a ledger kept beside this one: the key matched, the ledger was new
+        return [json.loads(f) for (f,) in same]
     rows = book.query("SELECT fields FROM calls WHERE prompt_hash = ? AND key != ? AND created < ? LIMIT 50",
                       (prompt_hash, key, at))
     if not rows and "seed" in fields:

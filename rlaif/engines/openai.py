@@ -14,10 +14,10 @@ Why it looks like this:
   with what to fix; a 400 is the request's own fault: recorded on its rows, not retried.
 - Chat prompts go to `/chat/completions`, text prompts to `/completions`. `n` samples are one
   request; a server that returns fewer choices gets the rest as single requests (said once).
-- `score` needs prompt log-probs, which vLLM gives: each distinct prompt and continuation is
-  tokenised once by the server (`/tokenize`), and many prompt + continuation rows go as token-id
-  lists in one `/completions` request with `prompt_logprobs`, so the numbers match the local
-  engines token for token. `next_token_logprobs` generates one token with
+- `score` needs prompt log-probs, which vLLM gives: rows are tokenised in batches with the model's
+  own tokenizer when the model is a local directory (else each distinct text once by the server's
+  `/tokenize`), and many prompt + continuation rows go as token-id lists in one `/completions`
+  request with `prompt_logprobs`, so the numbers match the local engines token for token. `next_token_logprobs` generates one token with
   `top_logprobs` (up to 20), which chat-only hosted APIs also give.
 - The API key is read from the environment variable named in the config and goes only into the
   Authorization header; every message that leaves this module is scrubbed of it.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, PromptInput
+from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompts
 from rlaif.engines.ledger import CallLedger, LedgerKey, Stored, make_key
 from rlaif.engines.ratelimit import RateLimiter, retry_after
 from rlaif.errors import EngineError
@@ -80,7 +80,7 @@ class OpenAIEngine:
                  retry_backoff_s: float = 1.0, requests_per_minute: float | None = None,
                  tokens_per_minute: float | None = None, display_name: str | None = None,
                  ledger: CallLedger | None = None, batch: bool = False, batch_poll_s: float = 10.0,
-                 batch_poll_max_s: float = 300.0):
+                 batch_poll_max_s: float = 300.0, tokenizer: str | None = None):
         self.model = model
         self.model_id = display_name or model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
@@ -93,6 +93,8 @@ class OpenAIEngine:
         self.batch, self.batch_poll_s, self.batch_poll_max_s = batch, batch_poll_s, batch_poll_max_s
         self.n_ignored = False  # the server gave fewer choices than `n` asked: ask one request per sample
         self._score_rows = SCORE_ROWS_PER_REQUEST
+        # score's tokenizer: a local directory ("" = always the server's /tokenize); default: `model` if local
+        self.tokenizer_path, self._tokenizer = tokenizer, None
         self.retries = 0  # retried attempts in this engine's life (reported by the benchmark and tests)
 
     @classmethod
@@ -339,20 +341,40 @@ class OpenAIEngine:
         if len(prompts) != len(continuations):
             raise ValueError("score: prompts and continuations differ in length")
 
+        tok = self.local_tokenizer()
+        local = None if tok is None else list(zip(encode_prompts(tok, prompts),
+                                                  tok(list(continuations), add_special_tokens=False)["input_ids"]))
+
         async def work(client, sem):
-            texts = {("p", _text_key(p)): (p, True) for p in prompts} | {("c", c): (c, False) for c in continuations}
-            ids = dict(zip(texts, await asyncio.gather(*(self._tokenize(client, sem, t, special)
-                                                         for t, special in texts.values()))))
-            rows = [(ids["p", _text_key(p)], ids["c", c]) for p, c in zip(prompts, continuations)]
+            rows = local or await self._tokenize_rows(client, sem, prompts, continuations)
             keys = [make_key(self.model, self.base_url, "/completions", _score_body(self.model, p_ids + c_ids), 0,
                              self.model_id) if c_ids else None for p_ids, c_ids in rows]
             found = self._lookup([k for k in keys if k is not None])
-            todo = [i for i, k in enumerate(keys) if k is not None and k.key not in found]
+            todo = list({k.key: i for i, k in enumerate(keys) if k is not None and k.key not in found}.values())
             chunks = [todo[s:s + self._score_rows] for s in range(0, len(todo), self._score_rows)]
             await asyncio.gather(*(self._score_rows_in(client, sem, chunk, rows, keys, found) for chunk in chunks))
             return [found[k.key].response["logprobs"] if k is not None else [] for k in keys]
 
         return self.run(work)
+
+    def local_tokenizer(self):
+        """The model's own tokenizer when `model` is a local directory (the server serves that directory):
+        `score` then tokenises in batches here instead of one `/tokenize` request per text."""
+        if self._tokenizer is None:
+            self._tokenizer = False
+            path = self.tokenizer_path if self.tokenizer_path is not None else self.model
+            if path and os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(path)
+        return self._tokenizer or None
+
+    async def _tokenize_rows(self, client, sem, prompts, continuations) -> list[tuple[list[int], list[int]]]:
+        """Token ids of every row by the server's `/tokenize`, each distinct text once."""
+        texts = {("p", _text_key(p)): (p, True) for p in prompts} | {("c", c): (c, False) for c in continuations}
+        ids = dict(zip(texts, await asyncio.gather(*(self._tokenize(client, sem, t, special)
+                                                     for t, special in texts.values()))))
+        return [(ids["p", _text_key(p)], ids["c", c]) for p, c in zip(prompts, continuations)]
 
     async def _tokenize(self, client, sem, prompt: PromptInput, special: bool) -> list[int]:
         body = {"model": self.model}
@@ -428,8 +450,10 @@ class OpenAIEngine:
         found = self._lookup([c[3] for c in calls])
 
         async def work(client, sem):
-            return await asyncio.gather(*(self._next_token_one(client, sem, i, p, call, found)
-                                          for i, (p, call) in enumerate(zip(prompts, calls))))
+            first = {c[3].key: i for i, c in reversed(list(enumerate(calls)))}  # identical prompts: one request
+            tops = dict(zip(first, await asyncio.gather(*(self._next_token_one(client, sem, i, prompts[i], calls[i],
+                                                                               found) for i in first.values()))))
+            return [tops[c[3].key] for c in calls]
 
         out = []
         for top in self.run(work):
