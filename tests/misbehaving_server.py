@@ -73,7 +73,11 @@ class Handler(BaseHTTPRequestHandler):
             self._error(404, f"no route {self.path}")
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:  # not JSON (a file upload): no such route here, answered below
+            body = {}
         text = prompt_text(body)
         with lock:
             attempts[text] = attempt = attempts.get(text, 0) + 1

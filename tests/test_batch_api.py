@@ -155,3 +155,16 @@ def test_batch_needs_the_openai_engine(tmp_path):
                   tmp_path / "run", "--set", "generate.batch=true")
     assert res.returncode == 2 and "generate.batch" in res.stderr and "openai" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_a_server_without_the_batch_api_is_one_clear_error(tmp_path):
+    from test_engine_openai import start_server, stop_server
+
+    proc, url = start_server()  # an OpenAI-compatible server that has no /v1/files
+    try:
+        args, run = job(tmp_path, url, 2, {})
+        res = run_cli(*args, env=_env())
+        assert res.returncode == 2 and res.stderr.count("error:") == 1 and "Traceback" not in res.stderr
+        assert "does not speak the Batch API" in res.stderr and "generate.batch" in res.stderr
+    finally:
+        stop_server(proc)

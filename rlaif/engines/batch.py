@@ -27,8 +27,12 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+import httpx
+
 from rlaif.engines.base import GenerationRequest, GenerationResult
 from rlaif.engines.ledger import CallLedger, LedgerKey, digest
+from rlaif.engines.openai import ServerError
+from rlaif.errors import EngineError
 from rlaif.progress import StageProgress
 
 log = logging.getLogger(__name__)
@@ -64,7 +68,17 @@ class BatchDriver:
         flat = [pl for call in plans for pl in call]
         keys = {k.key: k for pl in flat for k in pl.keys}
         self.ledger.lookup(list(keys.values()))  # counts hits and misses once
-        self.engine.run(lambda client, sem: self._drive(client, sem, flat, keys))
+        try:
+            self.engine.run(lambda client, sem: self._drive(client, sem, flat, keys))
+        except ServerError as e:  # the protocol itself failed (after retries): the ledger keeps what was done
+            if e.status in (401, 403):
+                raise self.engine.fatal(e) from None
+            fix = ("it does not speak the Batch API (vLLM's server does not): set generate.batch to false"
+                   if e.status in (404, 405) else "rerun the same command to resume the job")
+            raise EngineError(f"Batch API at {self.engine.base_url}: {self.engine.redact(str(e))}; {fix}") from None
+        except httpx.TransportError as e:
+            raise EngineError(f"Batch API: {self.engine.describe(e)}; rerun the same command to resume the job") \
+                from None
         found = self.ledger.fetch(list(keys))
         errors = self._errors([k for k in keys if k not in found])
         out = []

@@ -181,7 +181,7 @@ class OpenAIEngine:
         if self.ledger is not None and answers:
             self.ledger.store(answers)
 
-    def _fatal(self, exc: ServerError) -> EngineError:
+    def fatal(self, exc: ServerError) -> EngineError:
         """401/403/404 mean the setup is wrong: say what to fix."""
         where = f"server {self.base_url}"
         if exc.status in (401, 403):
@@ -192,7 +192,7 @@ class OpenAIEngine:
         return EngineError(f"{where}: {exc}; check the model name ({self.model!r}: is it one the server serves? "
                            "see GET /v1/models) and the base URL (it usually ends with /v1)")
 
-    def _describe(self, exc: BaseException) -> str:
+    def describe(self, exc: BaseException) -> str:
         if isinstance(exc, httpx.TimeoutException):
             text = f"timed out after {self.timeout_s:g} s"
         elif isinstance(exc, httpx.TransportError):
@@ -264,10 +264,10 @@ class OpenAIEngine:
                     raise ServerError("malformed response: no choices")
         except ServerError as e:
             if e.status in (401, 403, 404):
-                raise self._fatal(e) from None
-            return GenerationResult(failure=self._describe(e))
+                raise self.fatal(e) from None
+            return GenerationResult(failure=self.describe(e))
         except (httpx.TransportError, KeyError, TypeError, IndexError, ValueError) as e:
-            return GenerationResult(failure=self._describe(e if isinstance(e, httpx.TransportError)
+            return GenerationResult(failure=self.describe(e if isinstance(e, httpx.TransportError)
                                                            else ServerError(f"malformed response: {e!r}")))
         return self.result(plan, found)
 
@@ -387,13 +387,13 @@ class OpenAIEngine:
             return list(data["tokens"])
         except ServerError as e:
             if e.status in (401, 403):
-                raise self._fatal(e) from None
+                raise self.fatal(e) from None
             if e.status in (404, 405):
                 raise EngineError(f"server {self.base_url} cannot score continuations: it has no /tokenize endpoint "
                                   f"and gives no prompt log-probs (a vLLM server does); {NO_LOGPROBS_FIX}") from None
-            raise EngineError(f"score: {self._describe(e)}") from None
+            raise EngineError(f"score: {self.describe(e)}") from None
         except httpx.TransportError as e:
-            raise EngineError(f"score: {self._describe(e)}") from None
+            raise EngineError(f"score: {self.describe(e)}") from None
 
     async def _score_rows_in(self, client, sem, chunk: list[int], rows, keys, found) -> None:
         """Score `chunk` (row indices) in one request; commit each row's continuation log-probs."""
@@ -405,12 +405,12 @@ class OpenAIEngine:
             choices = sorted(data.get("choices") or [], key=lambda c: c.get("index", 0))
         except ServerError as e:
             if e.status in (401, 403, 404):
-                raise self._fatal(e) from None
+                raise self.fatal(e) from None
             if not (e.status == 400 and len(chunk) > 1):
-                raise EngineError(f"score: row {chunk[0]}: {self._describe(e)}") from None
+                raise EngineError(f"score: row {chunk[0]}: {self.describe(e)}") from None
             choices = []
         except httpx.TransportError as e:
-            raise EngineError(f"score: row {chunk[0]}: {self._describe(e)}") from None
+            raise EngineError(f"score: row {chunk[0]}: {self.describe(e)}") from None
         if len(chunk) > 1 and len(choices) != len(chunk):  # no list prompts here: one row per request
             log.warning("server %s does not score a list of prompts in one request: one row per request",
                         self.base_url)
@@ -473,8 +473,8 @@ class OpenAIEngine:
                                           tokens=_prompt_chars(prompt) // 4 + 1)
             except (ServerError, httpx.TransportError) as e:
                 if isinstance(e, ServerError) and e.status in (401, 403, 404):
-                    raise self._fatal(e) from None
-                raise EngineError(f"next_token_logprobs: row {row}: {self._describe(e)}") from None
+                    raise self.fatal(e) from None
+                raise EngineError(f"next_token_logprobs: row {row}: {self.describe(e)}") from None
         try:
             logprobs = data["choices"][0].get("logprobs") or {}
             if chat:

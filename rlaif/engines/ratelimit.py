@@ -106,17 +106,18 @@ class LearnedBudget:
     first_end: float | None = None
     remaining: float = 0.0
     served: int = 0  # answered in the current window
+    saturated: bool = False  # the current window ended in a 429: what got through in it is the budget
 
     def wait(self, now: float, in_flight: int) -> float:
-        if self.limit is None:
-            return 0.0
         if self.end is not None and now >= self.end:  # the window turned over
+            if self.saturated:  # late answers of the saturated window are in `served` by now
+                self.limit, self.saturated = max(self.served, 1), False
             if self.window:
                 self.end += self.window * max(1, math.ceil((now - self.end) / self.window))
             else:
                 self.end = None
-            self.remaining, self.served = self.limit - in_flight, 0
-        if self.remaining >= 1:
+            self.remaining, self.served = (self.limit or 0) - in_flight, 0
+        if self.limit is None or self.remaining >= 1:
             return 0.0
         if self.end is None:  # one request at a time past the budget, until a 429 names the window's end
             return 0.0 if not in_flight else 0.005
@@ -133,7 +134,8 @@ class LearnedBudget:
     def limited(self, end: float) -> None:
         """A 429 whose Retry-After ends at `end`."""
         if self.end is not None and abs(end - self.end) < 0.05:
-            return  # the same window's end again
+            self.end = min(self.end, end)  # the same end again; the earliest word is the least late
+            return
         if self.first_end is None:
             self.first_end = end
         else:  # averaged over every window since the first end, so jitter does not add up
@@ -141,8 +143,7 @@ class LearnedBudget:
             k = round((end - self.first_end) / guess) if guess > 0.05 else 0
             if k >= 1:
                 self.window = (end - self.first_end) / k
-        self.limit = max(self.served, 1)
-        self.end, self.remaining = end, 0.0
+        self.end, self.remaining, self.saturated = end, 0.0, True
 
 
 @dataclass
