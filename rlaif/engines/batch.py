@@ -31,7 +31,7 @@ import httpx
 
 from rlaif.engines.base import GenerationRequest, GenerationResult
 from rlaif.engines.ledger import CallLedger, LedgerKey, digest
-from rlaif.engines.openai import ServerError
+from rlaif.engines.openai_http import ServerError
 from rlaif.errors import EngineError
 from rlaif.progress import StageProgress
 
