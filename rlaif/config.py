@@ -40,7 +40,9 @@ class EngineBlock(StrictModel):
         itself never goes into a file), max_concurrency, timeout_s, max_retries,
         retry_backoff_s (first backoff of the exponential, jittered retry wait; a Retry-After
         header wins), requests_per_minute / tokens_per_minute (optional client-side rate limits
-        that keep a hosted quota from being hammered; tokens are estimated as prompt + max tokens).
+        that keep a hosted quota from being hammered; tokens are estimated as prompt + max tokens;
+        beyond them the limiter learns the server's budget from its x-ratelimit-* headers and
+        Retry-After). Completed requests are kept in RUN/ledger.sqlite (docs/api-scale.md).
         vLLM's gpu_memory_utilization default is 0.3 on CPU (vLLM's own 0.92 fails on a shared
         node) and 0.9 on GPUs.
     """
