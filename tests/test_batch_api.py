@@ -24,7 +24,7 @@ import pytest
 from conftest import RLAIF, run_cli
 from rlaif.engines.ledger import LEDGER_FILE
 from rlaif.runs import load_table, read_manifest, stage_dir
-from test_engine_openai import _env
+from test_ledger import clean_env
 
 SERVER = Path(__file__).with_name("batch_server.py")
 FAULTS = {3: "#batch=error:1", 5: "#batch=expire:1", 7: "#batch=error:2", 9: "#batch=expire:2"}
@@ -78,7 +78,7 @@ def test_batch_life_cycle_killed_driver_reattaches_and_resubmits_failures_once(t
     server, url = start("--rate", "6")
     try:
         args, run = job(tmp_path, url, 12, FAULTS)
-        driver = subprocess.Popen([*RLAIF, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
+        driver = subprocess.Popen([*RLAIF, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(),
                                   start_new_session=True)
 
         def mid_batch():
@@ -90,7 +90,7 @@ def test_batch_life_cycle_killed_driver_reattaches_and_resubmits_failures_once(t
         [(_, first_id, file_id, collected)] = batches_in_ledger(run)
         assert file_id and not collected
 
-        res = run_cli(*args, env=_env())
+        res = run_cli(*args, env=clean_env())
         assert res.returncode == 0, res.stderr
         seen = stats(url)
         assert [b["id"] for b in seen["batches"]][0] == first_id  # re-attached: no second first batch
@@ -117,7 +117,7 @@ def test_batch_life_cycle_killed_driver_reattaches_and_resubmits_failures_once(t
         assert p > 0 and c == 40
         assert summary["cost_usd"] == pytest.approx(0.5 * (1.0 * p + 4.0 * c) / 1e6, abs=1e-6)  # rounded to 1e-6
 
-        again = run_cli(*args, env=_env())  # finished: nothing is sent, no batch is made
+        again = run_cli(*args, env=clean_env())  # finished: nothing is sent, no batch is made
         assert again.returncode == 0 and stats(url)["batches"] == seen["batches"]
         report = run_cli("ledger", run)
         assert report.returncode == 0 and first_id in report.stderr and "expired" in report.stderr
@@ -130,12 +130,12 @@ def test_driver_killed_before_it_learned_the_batch_id_finds_its_batch(tmp_path):
     server, url = start("--rate", "50", "--create-delay", "3")
     try:
         args, run = job(tmp_path, url, 4, {})
-        driver = subprocess.Popen([*RLAIF, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(),
+        driver = subprocess.Popen([*RLAIF, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(),
                                   start_new_session=True)
         kill_when(driver, lambda: bool(stats(url)["batches"]), "the batch created")
         [(intent, batch_id, file_id, _)] = batches_in_ledger(run)
         assert batch_id is None and file_id  # created on the server, never recorded here
-        res = run_cli(*args, env=_env())
+        res = run_cli(*args, env=clean_env())
         assert res.returncode == 0, res.stderr
         seen = stats(url)
         assert len(seen["batches"]) == 1 and seen["batch_lists"] >= 1  # found through its metadata
@@ -163,7 +163,7 @@ def test_a_server_without_the_batch_api_is_one_clear_error(tmp_path):
     proc, url = start_server()  # an OpenAI-compatible server that has no /v1/files
     try:
         args, run = job(tmp_path, url, 2, {})
-        res = run_cli(*args, env=_env())
+        res = run_cli(*args, env=clean_env())
         assert res.returncode == 2 and res.stderr.count("error:") == 1 and "Traceback" not in res.stderr
         assert "does not speak the Batch API" in res.stderr and "generate.batch" in res.stderr
     finally:

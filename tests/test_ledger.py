@@ -25,7 +25,7 @@ from rlaif.engines.ledger import LEDGER_FILE, CallLedger
 from rlaif.engines.openai import OpenAIEngine
 from rlaif.records import SamplingParams
 from rlaif.runs import load_table, read_manifest, stage_dir
-from test_engine_openai import SECRET, _env, chat, start_server, stop_server
+from test_engine_openai import SECRET, chat, start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,11 @@ def server():
     proc, url = start_server("--require-key", SECRET)
     yield url
     stop_server(proc)
+
+
+def clean_env() -> dict:
+    """This environment without an OpenAI key or base URL of its own."""
+    return {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
 
 
 def stats(url: str) -> dict:
@@ -73,7 +78,7 @@ def test_kill_minus_nine_mid_run_resends_no_completed_request(slow_server, tmp_p
            "--n", "2", "--shard-size", "4", "--quiet", "--set", "generate.max_concurrency=2"]
     run = tmp_path / "run"
     proc = subprocess.Popen([*RLAIF, *job, "--out", run], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=_env(), start_new_session=True)
+                            env=clean_env(), start_new_session=True)
     deadline = time.monotonic() + 120
     while True:  # kill once some requests are ledgered and the stage is not finished
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
@@ -92,7 +97,7 @@ def test_kill_minus_nine_mid_run_resends_no_completed_request(slow_server, tmp_p
     time.sleep(0.5)  # requests the server was still answering when the client died
     sent_before = len(stats(slow_server)["answered"])
 
-    res = run_cli(*job, "--out", run, env=_env())
+    res = run_cli(*job, "--out", run, env=clean_env())
     assert res.returncode == 0, res.stderr
     resent = [r for r in stats(slow_server)["answered"][sent_before:] if r["prompt"].startswith("kill ")]
     assert not {r["seed"] for r in resent} & completed  # zero completed requests sent twice
@@ -101,7 +106,7 @@ def test_kill_minus_nine_mid_run_resends_no_completed_request(slow_server, tmp_p
     assert summary["api.mock.answers"] == 48 and summary["api.mock.ledger_hits"] == 2 * len(reread)
 
     clean = tmp_path / "clean"
-    assert run_cli(*job, "--out", clean, env=_env()).returncode == 0
+    assert run_cli(*job, "--out", clean, env=clean_env()).returncode == 0
     assert load_table(stage_dir(run, "generate"), "candidates").to_list() == \
         load_table(stage_dir(clean, "generate"), "candidates").to_list()
 
@@ -164,7 +169,7 @@ def test_judge_calls_go_through_the_ledger_and_explain_names_the_broken_field(se
     run = tmp_path / "run"
     pricing = tmp_path / "pipeline.yaml"
     pricing.write_text("pricing:\n  mock: {input_per_mtok: 2.0, output_per_mtok: 8.0}\n")
-    env = {**_env(), "RLAIF_LEDGER_TEST_KEY": SECRET}
+    env = {**clean_env(), "RLAIF_LEDGER_TEST_KEY": SECRET}
     gen = ["generate", "--config", pricing, "--engine", "openai", "--model", "mock", "--base-url", server,
            "--api-key-env", "RLAIF_LEDGER_TEST_KEY", "--input", prompts, "--n", "2", "--out", run, "--quiet"]
     assert run_cli(*gen, "--max-new-tokens", "8", env=env).returncode == 0
