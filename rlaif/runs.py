@@ -405,6 +405,7 @@ class ShardPlan:
     counts: Callable[[int, dict[str, datasets.Dataset]], dict]
     summarise: Callable[["StageWriter"], dict]
     teardown: Callable[[Any], None] | None = None
+    prefetch: Callable[[list[int]], None] | None = None  # sees the unfinished shards first (e.g. one Batch API job)
     unit: str = "rows"
     executor: str = "local"
     ray_config: Any = None
@@ -427,6 +428,8 @@ def run_sharded(stage: str, run: str | Path, iteration: int, plan: Callable[[Ups
     if not todo and writer.complete:
         log.info("%s: all %d shards already done in %s", stage, len(p.shard_rows), writer.dir)
         return writer.manifest
+    if p.prefetch is not None:
+        p.prefetch(todo)
     total = sum(p.shard_rows)
     results = map_shards(p.executor, todo, p.shard_input, work=p.work, setup=p.setup, teardown=p.teardown,
                          ray_config=p.ray_config)

@@ -29,6 +29,7 @@ OWN = {
     "demo": {"--name", "--set", "--quiet"},
     "report": set(),
     "verify": set(),
+    "ledger": {"--explain"},
     "toy build": {"--force"},
     "toy path": set(),
 }

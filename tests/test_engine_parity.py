@@ -166,8 +166,11 @@ def test_manifest_accounting_matches_rows(all_runs, local_runs):
         assert summary["candidates"] == len(ds) and summary["failed"] == 0, name
 
 
-def test_openai_over_vllm_judge_primitives_match_transformers(vllm_server, policy_engine):
-    e = OpenAIEngine(vllm_server["model"], base_url=vllm_server["url"])
+@pytest.mark.parametrize("tokenizer", [None, ""], ids=["local-tokenizer", "server-tokenize"])
+def test_openai_over_vllm_judge_primitives_match_transformers(vllm_server, policy_engine, tokenizer):
+    # score tokenises with the model directory's tokenizer (batched), or with the server's /tokenize
+    e = OpenAIEngine(vllm_server["model"], base_url=vllm_server["url"], tokenizer=tokenizer)
+    assert (e.local_tokenizer() is not None) == (tokenizer is None)
     chats = [[{"role": "user", "content": f"What is {a}+{b}?"}] for a, b in [(1, 2), (40, 55), (99, 99)]]
     prompts = [*chats, "What is 7+8?\n="]
     got = e.next_token_logprobs(prompts, tokens=["1", "2", "9"], top_k=5)
@@ -181,6 +184,13 @@ def test_openai_over_vllm_judge_primitives_match_transformers(vllm_server, polic
     got = e.score(prompts, continuations)
     want = policy_engine.score(prompts, continuations)
     assert [len(g) for g in got] == [len(w) for w in want] == [2, 3, 4, 2]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=LOGPROB_TOLERANCE)
+    # many rows per request (more than one request's worth), repeated prompts, an empty continuation
+    many_prompts = [chats[k % 3] for k in range(70)] + ["What is 7+8?\n="]
+    many = [f"{k % 13}{eos}" for k in range(70)] + [""]
+    got, want = e.score(many_prompts, many), policy_engine.score(many_prompts, many)
+    assert [len(g) for g in got] == [len(w) for w in want] and got[-1] == []
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=LOGPROB_TOLERANCE)
 

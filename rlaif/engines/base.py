@@ -105,6 +105,21 @@ def chat_text(tokenizer, chat: ChatPrompt) -> str:
     return text
 
 
+def encode_prompts(tokenizer, prompts: list[PromptInput]) -> list[list[int]]:
+    """`encode_prompt` for many prompts, tokenised in two batched calls (chat and raw text)."""
+    chat = [k for k, p in enumerate(prompts) if not isinstance(p, str)]
+    raw = [k for k, p in enumerate(prompts) if isinstance(p, str)]
+    out: list[list[int]] = [[] for _ in prompts]
+    if chat:
+        texts = [tokenizer.apply_chat_template(prompts[k], add_generation_prompt=True, tokenize=False) for k in chat]
+        for k, ids in zip(chat, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            out[k] = ids
+    if raw:
+        for k, ids in zip(raw, tokenizer([prompts[k] for k in raw])["input_ids"]):
+            out[k] = ids
+    return out
+
+
 def single_token_id(tokenizer, token: str, model_id: str) -> int:
     """The id of a verdict token; judges read one next-token distribution, so it must be one token."""
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]

@@ -2,7 +2,7 @@
 
 Per iteration: candidates, pairs kept and dropped by reason, judge position consistency and
 first-position rate, judge-human agreement, reward-model accuracy, win rate, checked accuracy with
-intervals, and time per stage; the judge's own checked accuracy is drawn beside the policy's, so a
+intervals, time per stage, and the openai engine's tokens and dollars (with a `pricing` table); the judge's own checked accuracy is drawn beside the policy's, so a
 reader sees when the policy catches up with its judge. The page is `templates/report.html`.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from rlaif.report.figures import COLUMNS, drops, exit_code, fmt, iteration_rows, loop_table, summary_of, with_ci
+from rlaif.report.figures import API_HEADERS, COLUMNS, api_rows, drops, exit_code, fmt, iteration_rows, loop_table, summary_of, with_ci
 from rlaif.report.plots import accuracy_plot, drops_plot
 from rlaif.runs import atomic_write_bytes, check_finished
 
@@ -28,7 +28,7 @@ def render(run: Path, state: dict) -> str:
     return _TEMPLATES.get_template("report.html").render(
         run=run, state=state, baseline=state.get("baseline") or {}, judge=state.get("judge_quality") or {},
         plots=plots, columns=COLUMNS, rows=iteration_rows(state), fmt=fmt, with_ci=with_ci,
-        drops=lambda it: drops(summary_of(it, "filter")))
+        drops=lambda it: drops(summary_of(it, "filter")), api_headers=API_HEADERS, api=api_rows(state))
 
 
 def write_report(run: str | Path) -> Path:

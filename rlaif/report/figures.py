@@ -123,3 +123,24 @@ def exit_code(state: dict) -> int:
     if state["status"] == "stopped" and any((it.get("review") or {}).get("passed") is False for it in state["iterations"]):
         return EXIT_GATE_FAILED
     return 0
+
+
+API_HEADERS = ["iter", "stage", "model", "answers paid", "ledger hits", "input tokens", "output tokens",
+               "via Batch API", "cost (USD)"]
+
+
+def api_rows(state: dict) -> list[list]:
+    """Token usage and dollars of the openai engine, per iteration, stage and model (the `api.*` summary keys)."""
+    rows = []
+    for it in state["iterations"]:
+        for stage, figures in it.get("stages", {}).items():
+            per_model: dict[str, dict] = {}
+            for key, value in (figures.get("summary") or {}).items():
+                if key.startswith("api."):
+                    model, figure = key[4:].rsplit(".", 1)
+                    per_model.setdefault(model, {})[figure] = value
+            for model, f in sorted(per_model.items()):
+                rows.append([it["iteration"], stage, model, f.get("answers"), f.get("ledger_hits"),
+                             f.get("prompt_tokens"), f.get("completion_tokens"), f.get("batch_answers", 0),
+                             f"{f['cost_usd']:,.4f}" if f.get("cost_usd") is not None else None])
+    return rows

@@ -15,6 +15,7 @@ import datasets
 
 from rlaif.config import GenerateConfig, PipelineConfig, config_hash
 from rlaif.engines import Engine, GenerationRequest, load_engine
+from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.errors import ConfigError
 from rlaif.inputs import normalise_prompts, read_prompts
 from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest, with_columns
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 # Settings that change speed, not output: changing them does not invalidate finished shards.
 THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env",
-                   "retry_backoff_s", "requests_per_minute", "tokens_per_minute"}
+                   "retry_backoff_s", "requests_per_minute", "tokens_per_minute", "batch", "batch_poll_s",
+                   "batch_poll_max_s"}
 
 
 def sampling_of(cfg: GenerateConfig) -> SamplingParams:
@@ -46,12 +48,19 @@ def render_prompt(row: dict, system_prompt: str | None, template: Template | Non
     return messages
 
 
+def shard_requests(prompts: datasets.Dataset, params: SamplingParams, seed: int, system_prompt: str | None = None,
+                   template: Template | None = None) -> tuple[list[dict], list[list[dict]], list[GenerationRequest]]:
+    """The rows of one shard, their rendered chats, and the engine requests for them."""
+    rows = prompts.to_list()
+    chats = [render_prompt(r, system_prompt, template) for r in rows]
+    return rows, chats, [GenerationRequest(prompt=c, params=params, seed=seed) for c in chats]
+
+
 def generate_shard(prompts: datasets.Dataset, engine: Engine, params: SamplingParams, seed: int,
                    system_prompt: str | None = None, template: Template | None = None) -> datasets.Dataset:
     """Candidates for one shard of prompts: `len(prompts) * params.n` rows, input columns carried through."""
-    rows = prompts.to_list()
-    chats = [render_prompt(r, system_prompt, template) for r in rows]
-    results = engine.generate([GenerationRequest(prompt=c, params=params, seed=seed) for c in chats])
+    rows, chats, requests = shard_requests(prompts, params, seed, system_prompt, template)
+    results = engine.generate(requests)
     extra_columns = [c for c in prompts.column_names if c not in ("id", "messages")]
     out: dict[str, list] = {c: [] for c in list(CANDIDATE_FEATURES) + extra_columns}
     sampling = params.model_dump()
@@ -98,12 +107,18 @@ def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite
 
     `engine`: an engine the caller owns and keeps (local executor), instead of loading `generate.model`.
     """
-    return run_sharded("generate", run, iteration, partial(generate_plan, cfg, engine=engine), overwrite=overwrite,
-                       progress=progress)
+    plan = partial(generate_plan, cfg, engine=engine, run=run, iteration=iteration, overwrite=overwrite,
+                   progress=progress)
+    return run_sharded("generate", run, iteration, plan, overwrite=overwrite, progress=progress)
 
 
-def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = None) -> ShardPlan:
-    """The generate stage's shards: `generate.shard_size` prompts each, seeded by the shard's index."""
+def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = None, run: str | None = None,
+                  iteration: int = 0, overwrite: bool = False, progress: bool = True) -> ShardPlan:
+    """The generate stage's shards: `generate.shard_size` prompts each, seeded by the shard's index.
+
+    An openai engine this stage builds answers from and into the run's call ledger (RUN/ledger.sqlite);
+    with `generate.batch`, one Batch API job answers every unfinished shard into it first.
+    """
     g = cfg.generate
     if not g.input:
         raise ConfigError("field 'generate.input' is required: a JSONL, Parquet or CSV file, a datasets directory, "
@@ -118,6 +133,34 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
     starts = range(0, len(prompts), g.shard_size)
     rows = [min(g.shard_size, len(prompts) - s) for s in starts]
     borrowed = engine is not None and cfg.executor == "local"
+    if g.batch and (engine.name if engine is not None else g.engine) != "openai":
+        raise ConfigError("field 'generate.batch': the Batch API needs engine openai (flag --engine openai)")
+    if g.batch and cfg.executor != "local":
+        raise ConfigError("field 'generate.batch': a Batch API job is driven from this process; use executor local")
+    ledger = CallLedger.for_run(run, "generate", iteration, fresh=overwrite) \
+        if run is not None and engine is None and g.engine == "openai" else None
+    params = sampling_of(g)
+
+    def shard_input(i: int) -> datasets.Dataset:
+        return prompts.select(range(starts[i], starts[i] + rows[i]))
+
+    built: list = []  # the replica of a Batch API driver, reused by the shards
+
+    def setup():
+        if borrowed:
+            return engine, template
+        return built[0] if built else generator_replica(g, ledger)
+
+    def prefetch(todo: list[int]) -> None:
+        if g.batch and todo:
+            built.append(setup())
+            built[0][0].prefetch([shard_requests(shard_input(i), params, cfg.seed + i, g.system_prompt, template)[2]
+                                  for i in todo], progress=progress)
+
+    def summary(writer) -> dict:
+        out = summarise(writer.manifest)
+        return {**out, **usage_summary(ledger, "generate", iteration, cfg.pricing)} if ledger is not None else out
+
     return ShardPlan(
         config={**g.model_dump(mode="json", exclude=THROUGHPUT_ONLY), "seed": cfg.seed,
                 "template_sha256": template.sha256 if template else None},
@@ -125,12 +168,11 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
         input_fingerprint=fingerprint,
         shard_size=g.shard_size,
         shard_rows=rows,
-        shard_input=lambda i: prompts.select(range(starts[i], starts[i] + rows[i])),
-        work=partial(generate_work, params=sampling_of(g), seed=cfg.seed, system_prompt=g.system_prompt),
-        setup=(lambda: (engine, template)) if borrowed else partial(generator_replica, g),
-        teardown=None if borrowed else close_generator,
+        shard_input=shard_input,
+        work=partial(generate_work, params=params, seed=cfg.seed, system_prompt=g.system_prompt),
+        setup=setup, teardown=None if borrowed else close_generator, prefetch=prefetch,
         counts=lambda i, tables: shard_counts(rows[i], tables["candidates"]),
-        summarise=lambda writer: summarise(writer.manifest),
+        summarise=summary,
         unit="prompts", executor=cfg.executor, ray_config=cfg.ray)
 
 
@@ -152,10 +194,12 @@ def summarise(manifest: StageManifest) -> dict:
             "tokens_per_s": round(totals.get("tokens", 0) / seconds, 1) if seconds else None}
 
 
-def generator_replica(g: GenerateConfig) -> tuple[Engine, Template | None]:
+def generator_replica(g: GenerateConfig, ledger: CallLedger | None = None) -> tuple[Engine, Template | None]:
     """What one worker holds (built where it runs: this process, or a Ray replica): engine and template."""
     template = load_template(g.template, "generate", "generate.template") if g.template else None
-    return load_engine(g, "generate"), template
+    engine = load_engine(g, "generate")
+    attach_ledger(engine, ledger)
+    return engine, template
 
 
 def generate_work(state: tuple[Engine, Template | None], index: int, shard: datasets.Dataset, *,

@@ -14,6 +14,7 @@ import datasets
 import numpy as np
 
 from rlaif.config import JudgeConfig, PipelineConfig, config_hash
+from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.functions import load_function
 from rlaif.judges import CandidateItem, build_judge
 from rlaif.judges.prompting import judge_template
@@ -160,12 +161,16 @@ def run_judge(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: b
 
     `engine`: an engine the caller owns and keeps (local executor), instead of loading `judge.model`.
     """
-    return run_sharded("judge", run, iteration, partial(judge_plan, cfg, engine=engine), after="generate",
-                       overwrite=overwrite, progress=progress)
+    plan = partial(judge_plan, cfg, engine=engine, run=run, iteration=iteration, overwrite=overwrite)
+    return run_sharded("judge", run, iteration, plan, after="generate", overwrite=overwrite, progress=progress)
 
 
-def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None) -> ShardPlan:
-    """The judge stage's shards: `judge.shard_size` whole prompts' candidates each."""
+def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None, run: str | None = None, iteration: int = 0,
+               overwrite: bool = False) -> ShardPlan:
+    """The judge stage's shards: `judge.shard_size` whole prompts' candidates each.
+
+    A model judge on an openai engine this stage builds answers from and into the run's call ledger.
+    """
     j = cfg.judge
     candidates = upstream.table("candidates")
     template_sha = None
@@ -176,10 +181,16 @@ def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None) -> ShardPla
     bounds = prompt_bounds(candidates["prompt_id"])
     chunks = [bounds[s:s + j.shard_size] for s in range(0, len(bounds), j.shard_size)] or [[]]
     borrowed = engine is not None and cfg.executor == "local"
+    ledger = CallLedger.for_run(run, "judge", iteration, fresh=overwrite) if run is not None and engine is None \
+        and j.engine == "openai" and j.kind in ("pairwise", "pointwise", "likelihood") else None
 
     def shard_input(i: int) -> datasets.Dataset:
         chunk = chunks[i]
         return candidates.select(range(chunk[0][0], chunk[-1][1])) if chunk else candidates.select([])
+
+    def summary(writer) -> dict:
+        out = summarise(writer.dir, j.kind, sum(s.seconds for s in writer.manifest.shards.values()))
+        return {**out, **usage_summary(ledger, "judge", iteration, cfg.pricing)} if ledger is not None else out
 
     return ShardPlan(
         config={**j.model_dump(mode="json", exclude=THROUGHPUT_ONLY), "seed": cfg.seed, "template_sha256": template_sha},
@@ -189,11 +200,18 @@ def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None) -> ShardPla
         shard_rows=[chunk[-1][1] - chunk[0][0] if chunk else 0 for chunk in chunks],
         shard_input=shard_input,
         work=partial(judge_work, schedule=j.schedule, ranking=j.ranking, tie_band=j.tie_band),
-        setup=partial(build_judge, j, engine if borrowed else None, cfg.seed),
+        setup=partial(build_judge, j, engine, cfg.seed) if borrowed else partial(judge_replica, j, cfg.seed, ledger),
         teardown=None if borrowed else close_judge,
         counts=lambda i, tables: shard_counts(tables),
-        summarise=lambda writer: summarise(writer.dir, j.kind, sum(s.seconds for s in writer.manifest.shards.values())),
+        summarise=summary,
         unit="candidates", executor=cfg.executor, ray_config=cfg.ray)
+
+
+def judge_replica(j: JudgeConfig, seed: int, ledger: CallLedger | None = None):
+    """The judge one worker holds; an openai engine it builds answers from and into the run's ledger."""
+    judge_obj = build_judge(j, None, seed)
+    attach_ledger(getattr(judge_obj, "engine", None), ledger)
+    return judge_obj
 
 
 def judge_work(judge_obj, index: int, shard: datasets.Dataset, *, schedule: str, ranking: str,
