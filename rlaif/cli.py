@@ -21,6 +21,7 @@ from rich.table import Table
 from rlaif import toy
 from rlaif.cli_options import StageOptions, stage_options
 from rlaif.config import PipelineConfig, load_config
+from rlaif.engines import ledger as calls
 from rlaif.errors import ConfigError, RlaifError, RunError
 from rlaif.progress import console, summary_table
 from rlaif.templates import PROMPTS_DIR
@@ -369,8 +370,6 @@ def ledger_(
 ):
     """What the openai engine's call ledger (RUN/ledger.sqlite) holds: answers paid for, answers reused from it
     (hits), tokens, Batch API jobs, and dollars when the pipeline has a `pricing` table."""
-    from rlaif.engines import ledger as calls
-
     path = run / calls.LEDGER_FILE
     if not path.exists():
         raise RunError(f"{path}: no ledger; it is written by the openai engine (generate or judge with --engine openai)")

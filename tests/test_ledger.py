@@ -231,6 +231,8 @@ def test_report_lists_api_usage_and_cost_per_stage_and_model():
                                  "api.gpt-4.1-mini.batch_answers": 8, "api.gpt-4.1-mini.cost_usd": 0.0123}},
         "judge": {"summary": {"scored": 8}}}}]}
     assert api_rows(state) == [[0, "generate", "gpt-4.1-mini", 8, 2, 120, 64, 8, "0.0123"]]
-    page = render(Path("runs/x"), {**state, "status": "complete"})
+    from rlaif.loop import LoopState
+
+    page = render(Path("runs/x"), {**LoopState(name="x", status="complete").__dict__, **state})
     assert "API usage and cost" in page and "gpt-4.1-mini" in page
-    assert "API usage and cost" not in render(Path("runs/x"), {"iterations": [], "status": "complete"})
+    assert "API usage and cost" not in render(Path("runs/x"), LoopState(name="x", status="complete").__dict__)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import httpx
 
 from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompts
+from rlaif.engines.batch import BatchDriver
 from rlaif.engines.ledger import LedgerKey, Stored, make_key
 from rlaif.engines.openai_http import DEFAULT_BASE_URL, OpenAIClient, ServerError
 from rlaif.errors import EngineError
@@ -93,8 +94,6 @@ class OpenAIEngine(OpenAIClient):
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         if self.batch:
-            from rlaif.engines.batch import BatchDriver
-
             return BatchDriver(self).run([requests])[0]
         plans = self.plan(requests)
         found = self._lookup([k for pl in plans for k in pl.keys])
@@ -106,8 +105,6 @@ class OpenAIEngine(OpenAIClient):
 
     def prefetch(self, calls: list[list[GenerationRequest]], progress: bool = True) -> None:
         """Answer several `generate` calls ahead into the ledger (one Batch API job for all of them)."""
-        from rlaif.engines.batch import BatchDriver
-
         BatchDriver(self, progress=progress).run(calls)
 
     def result(self, plan: Plan, found: dict[str, Stored]) -> GenerationResult | None:
