@@ -511,6 +511,47 @@ def toy_path(name: str = typer.Argument(..., help="policy | judge | train | test
     typer.echo(toy.resolve(f"toy:{name}"))
 
 
+@app.command()
+def serve(
+    kind: Optional[str] = JudgeKindOpt,
+    model: Optional[str] = JudgeModelOpt,
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="transformers | vllm | openai."),
+    template: Optional[str] = JudgeTemplateOpt,
+    mode: Optional[str] = JudgeModeOpt,
+    verifier: Optional[str] = VerifierOpt,
+    against: Optional[str] = typer.Option(None, "--against", help="Pairwise: group (win rate over the request's "
+                                          "other completions of the same prompt) or a reference column's name."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; off loopback every request needs "
+                             "the token ($RLAIF_SERVE_TOKEN, else one printed at start)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0 = any free port)."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", help="Completions judged together at most."),
+    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for more requests."),
+    label_column: str = typer.Option("solution", "--label-column", help="The column OpenRLHF's labels fill."),
+    judgment_log: Optional[Path] = typer.Option(None, "--log", help="Append every judgment to this directory "
+                                                "(Parquet parts)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="A pipeline YAML file (its judge section)."),
+    set_: Optional[list[str]] = SetOpt,
+):
+    """Serve a judge as a reward: POST /get_reward (OpenRLHF's remote reward model), POST /score (JSON),
+    GET /health, GET /metrics."""
+    import os
+
+    from rlaif import serve as service
+    from rlaif.config import load_config
+    from rlaif.rewards import judge_reward
+
+    cfg = load_config(config, set_, _judge_flags(kind, model, engine, template, mode, None, verifier, None))
+    reward = judge_reward(cfg.judge, against=against, log=judgment_log, seed=cfg.seed)
+    web = service.create_app(reward, host=host, token=os.environ.get("RLAIF_SERVE_TOKEN"), max_batch_size=max_batch_size,
+                             max_wait_ms=max_wait_ms, label_column=label_column)
+    sock = service.bind(host, port)
+    if web.state.token and not os.environ.get("RLAIF_SERVE_TOKEN"):
+        typer.echo(f"token: {web.state.token}  (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+    typer.echo(f"rlaif serve: {reward.__name__} at {service.url_of(sock)} (/get_reward, /score, /health, /metrics)")
+    sys.stdout.flush()
+    service.server(web).run(sockets=[sock])
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr, no traceback."""
     try:
