@@ -34,6 +34,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.datastructures import URL, Headers, QueryParams
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlaif.errors import InputError
@@ -103,9 +104,11 @@ def field_errors(e: ValidationError) -> JSONResponse:
     """422 in FastAPI's shape, plus one line that names the first bad field."""
     details = [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in e.errors()]
     first = e.errors()[0]
+    if any(p in UNION_TAGS for p in first["loc"]):  # of the union's branches, the one that got furthest says most
+        first = max(e.errors(), key=lambda err: len(err["loc"]) if err["loc"][:2] == first["loc"][:2] else 0)
     loc = [p for p in first["loc"] if p not in UNION_TAGS]
     msg = first["msg"].removeprefix("Value error, ")
-    if len(loc) < len(first["loc"]):
+    if loc and len(loc) < len(first["loc"]) and first["loc"][-1] in UNION_TAGS:
         msg = "expected text or a list of {role, content} messages"
     where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "body"
     return JSONResponse({"error": f"field '{where}': {msg}", "detail": details}, status_code=422)
@@ -259,6 +262,48 @@ class Batcher:
 # ---------------------------------------------------------------- the app
 
 
+class Guard:
+    """ASGI middleware: the token off loopback, the Host check on loopback, and request metrics."""
+
+    def __init__(self, app, *, need_token: bool, token: str | None, metrics: Metrics):
+        self.app, self.need_token, self.token, self.metrics = app, need_token, token, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            self.metrics.requests[scope["path"]] += 1
+            self.metrics.errors[str(refusal.status_code)] += 1
+            return await refusal(scope, receive, send)
+        t0, status = time.perf_counter(), [500]
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        self.metrics.requests[scope["path"]] += 1
+        if status[0] >= 400:
+            self.metrics.errors[str(status[0])] += 1
+        elif scope["method"] == "POST":
+            self.metrics.latencies.append(time.perf_counter() - t0)
+
+    def refusal(self, scope) -> JSONResponse | None:
+        if self.need_token:
+            given = Headers(scope=scope).get("authorization", "").removeprefix("Bearer ").strip()
+            given = given or QueryParams(scope["query_string"]).get("token", "")
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
+                return JSONResponse({"error": "this reward server needs its token: 'Authorization: Bearer TOKEN' "
+                                              "or ?token=TOKEN"}, status_code=401)
+            return None
+        host = URL(scope=scope).hostname or ""
+        if host not in LOOPBACK_NAMES and not is_loopback(host):
+            return JSONResponse({"error": "unexpected Host header for a loopback server"}, status_code=400)
+        return None
+
+
 DETAIL_FIELDS = ("group", "reward", "score_distribution", "raw_text", "judge_failure", "comparisons")
 
 
@@ -288,24 +333,7 @@ def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | Non
     app.state.token, app.state.metrics = token, metrics
     provenance = reward.judge.provenance.columns()
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if need_token:
-            given = (request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-                     or request.query_params.get("token", ""))
-            if not hmac.compare_digest(given.encode(), token.encode()):
-                return JSONResponse({"error": "this reward server needs its token: 'Authorization: Bearer TOKEN' "
-                                              "or ?token=TOKEN"}, status_code=401)
-        elif not is_loopback(request.url.hostname or "") and (request.url.hostname or "") not in LOOPBACK_NAMES:
-            return JSONResponse({"error": "unexpected Host header for a loopback server"}, status_code=400)
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        metrics.requests[request.url.path] += 1
-        if response.status_code >= 400:
-            metrics.errors[str(response.status_code)] += 1
-        elif request.method == "POST":
-            metrics.latencies.append(time.perf_counter() - t0)
-        return response
+    app.add_middleware(Guard, need_token=need_token, token=token, metrics=metrics)
 
     async def read_json(request: Request, model: type[BaseModel]):
         """The validated body, or the error response (413 over the limit, 422 naming the field)."""

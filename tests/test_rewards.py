@@ -253,3 +253,21 @@ def test_grpo_with_a_pointwise_judge_on_the_real_model(tmp_path):
     # the rewards equal the judge stage's on the same texts, batched the same way
     expected = stage_rewards(judge, [[r for r in log if r["call"] == c] for c in (0, 1)], None)
     assert [r["reward"] for r in log] == pytest.approx(expected, abs=TOLERANCE)
+
+
+def test_the_train_stage_rewards_grpo_with_the_pipeline_judge(tmp_path, toy_paths):
+    """`train.grpo.reward: judge` goes through rlaif.rewards: a pairwise judge rewards the win rate in the group."""
+    from rlaif.config import load_config
+    from rlaif.stages.train import run_train
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(toy_paths["prompts-train"].read_text().splitlines()[:32]) + "\n")
+    cfg = load_config(None, ["train.base=toy:policy", "train.max_steps=2", "train.batch_size=8", "train.logging_steps=1",
+                             "train.grpo.reward=judge", "train.grpo.max_completion_length=6", f"train.grpo.prompts={prompts}",
+                             "judge.kind=pairwise", "judge.model=toy:judge", "judge.template=toy-pairwise"])
+    result = run_train(cfg, tmp_path / "run", method="grpo", progress=False)
+    history = json.loads((tmp_path / "run" / "iter-000" / "train" / "grpo" / "log_history.json").read_text())
+    means = [h["rewards/rlaif_pairwise_vs_group/mean"] for h in history if "rewards/rlaif_pairwise_vs_group/mean" in h]
+    # the win rates of a round robin average to exactly one half in every group
+    assert len(means) == 2 and all(m == pytest.approx(0.5, abs=1e-6) for m in means)
+    assert (result.checkpoint / "config.json").exists()
