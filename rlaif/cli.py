@@ -525,8 +525,9 @@ def serve(
                              "the token ($RLAIF_SERVE_TOKEN, else one printed at start)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on (0 = any free port)."),
     max_batch_size: int = typer.Option(64, "--max-batch-size", help="Completions judged together at most."),
-    max_wait_ms: float = typer.Option(5.0, "--max-wait-ms", help="How long a batch waits for more requests."),
-    label_column: str = typer.Option("solution", "--label-column", help="The column OpenRLHF's labels fill."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a batch waits for more requests."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="The column OpenRLHF's labels fill "
+                                               "[default: the --against column, else solution]."),
     judgment_log: Optional[Path] = typer.Option(None, "--log", help="Append every judgment to this directory "
                                                 "(Parquet parts)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="A pipeline YAML file (its judge section)."),
@@ -534,22 +535,14 @@ def serve(
 ):
     """Serve a judge as a reward: POST /get_reward (OpenRLHF's remote reward model), POST /score (JSON),
     GET /health, GET /metrics."""
-    import os
-
-    from rlaif import serve as service
     from rlaif.config import load_config
     from rlaif.rewards import judge_reward
+    from rlaif.serve import serve_forever
 
     cfg = load_config(config, set_, _judge_flags(kind, model, engine, template, mode, None, verifier, None))
     reward = judge_reward(cfg.judge, against=against, log=judgment_log, seed=cfg.seed)
-    web = service.create_app(reward, host=host, token=os.environ.get("RLAIF_SERVE_TOKEN"), max_batch_size=max_batch_size,
-                             max_wait_ms=max_wait_ms, label_column=label_column)
-    sock = service.bind(host, port)
-    if web.state.token and not os.environ.get("RLAIF_SERVE_TOKEN"):
-        typer.echo(f"token: {web.state.token}  (Authorization: Bearer TOKEN, or ?token=TOKEN)")
-    typer.echo(f"rlaif serve: {reward.__name__} at {service.url_of(sock)} (/get_reward, /score, /health, /metrics)")
-    sys.stdout.flush()
-    service.server(web).run(sockets=[sock])
+    serve_forever(reward, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                  label_column=label_column, announce=typer.echo)
 
 
 def main() -> None:

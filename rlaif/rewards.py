@@ -114,7 +114,7 @@ def read_judgment_log(directory: str | Path) -> datasets.Dataset:
     if not parts:
         raise InputError(f"{directory}: no judgment log parts (part-*.parquet)")
     table = pa.concat_tables([pq.read_table(p, schema=REWARD_LOG_FEATURES.arrow_schema) for p in parts])
-    return datasets.Dataset(table).cast(REWARD_LOG_FEATURES)
+    return datasets.Dataset(table)
 
 
 @dataclass

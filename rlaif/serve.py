@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import socket
@@ -37,13 +38,14 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import URL, Headers, QueryParams
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rlaif.errors import InputError
+from rlaif.errors import ConfigError, InputError
 from rlaif.records import Message
 from rlaif.review.app import LOOPBACK_NAMES, is_loopback
 from rlaif.rewards import JudgeReward, as_chat, check_groups, consecutive_groups
 
 log = logging.getLogger(__name__)
 
+TOKEN_ENV = "RLAIF_SERVE_TOKEN"
 # End-of-turn markers OpenRLHF leaves on the decoded response (it decodes with skip_special_tokens=False).
 END_TOKENS = ("</s>", "<|im_end|>", "<|eot_id|>", "<|endoftext|>", "<|end|>", "<end_of_turn>", "<eos>")
 _CHATML = re.compile(r"<\|im_start\|>(\w+)\n(.*?)(?:<\|im_end\|>\n?|$)", re.DOTALL)
@@ -308,14 +310,16 @@ DETAIL_FIELDS = ("group", "reward", "score_distribution", "raw_text", "judge_fai
 
 
 def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | None = None, max_batch_size: int = 64,
-               max_wait_ms: float = 5.0, max_body_bytes: int = 8 << 20, label_column: str = "solution",
+               max_wait_ms: float = 2.0, max_body_bytes: int = 8 << 20, label_column: str | None = None,
                failure_reward: float = 0.0, end_tokens: tuple[str, ...] = END_TOKENS) -> FastAPI:
     """The reward service over one reward function. Off loopback a token is required (generated if None).
 
-    `label_column`: the column OpenRLHF's `labels` fill (the verifier's `solution`, or the
-    reference of a pairwise reward). `failure_reward`: what OpenRLHF gets for a completion the
+    `label_column`: the column OpenRLHF's `labels` fill; default the reference column of a pairwise
+    reward against one, else `solution` (what verifiers read). `failure_reward`: what OpenRLHF gets for a completion the
     judge could not score (its protocol has no null); /score answers null.
     """
+    if label_column is None:
+        label_column = reward.against if reward.against not in (None, "group") else "solution"
     need_token = not is_loopback(host)
     token = token or (secrets.token_urlsafe(24) if need_token else None)
     metrics = Metrics()
@@ -370,8 +374,8 @@ def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | Non
                                             [plain(c) for c in body.completions], body.columns, body.groups)
         except Exception as e:  # noqa: BLE001 - answered, never a dropped connection
             return failed(e)
-        return {"rewards": rewards, "reward_name": reward.__name__, "judge": provenance,
-                "details": [{k: r[k] for k in DETAIL_FIELDS} for r in records]}
+        return JSONResponse({"rewards": rewards, "reward_name": reward.__name__, "judge": provenance,
+                             "details": [{k: r[k] for k in DETAIL_FIELDS} for r in records]})
 
     @app.post("/get_reward")
     async def get_reward(request: Request):
@@ -390,7 +394,8 @@ def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | Non
         except Exception as e:  # noqa: BLE001
             return failed(e)
         values = [failure_reward if r is None else r for r in rewards]
-        return {"rewards": values, "scores": values, "extra_logs": {"judge_failed": [float(r is None) for r in rewards]}}
+        return JSONResponse({"rewards": values, "scores": values,
+                             "extra_logs": {"judge_failed": [float(r is None) for r in rewards]}})
 
     @app.get("/health")
     async def health():
@@ -425,7 +430,11 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port} (--host/--port): {e.strerror}") from None
     sock.listen(2048)
     return sock
 
@@ -435,6 +444,22 @@ def server(app: FastAPI, log_level: str = "warning"):
     import uvicorn
 
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_keep_alive=30))
+
+
+def serve_forever(reward: JudgeReward, *, host: str = "127.0.0.1", port: int = 8000, announce=log.info,
+                  **options) -> None:
+    """Serve `reward` until interrupted (`options`: those of `create_app`).
+
+    The token off loopback is $RLAIF_SERVE_TOKEN, else a new one, which `announce` is given along
+    with the URL (the CLI prints them).
+    """
+    token = os.environ.get(TOKEN_ENV)
+    app = create_app(reward, host=host, token=token, **options)
+    sock = bind(host, port)
+    if app.state.token and not token:
+        announce(f"token: {app.state.token}  (Authorization: Bearer TOKEN, or ?token=TOKEN)")
+    announce(f"rlaif serve: {reward.__name__} at {url_of(sock)} (/get_reward, /score, /health, /metrics)")
+    server(app).run(sockets=[sock])
 
 
 def url_of(sock: socket.socket) -> str:

@@ -162,6 +162,9 @@ def test_a_pairwise_reference_column_is_required(judge_engine):
         assert r.status_code == 422 and "columns.reference" in r.json()["error"]
         ok = httpx.post(f"{url}/score", json={"prompts": ["a"], "completions": ["1"], "columns": {"reference": ["1"]}})
         assert ok.status_code == 200 and ok.json()["rewards"] == [pytest.approx(0.5, abs=1e-9)]
+        # OpenRLHF's labels fill the reference column: the completion equal to its reference gets exactly 1/2
+        both = httpx.post(f"{url}/get_reward", json={"query": ["a1", "a2"], "prompts": ["a", "a"], "labels": ["1", "1"]})
+        assert both.json()["rewards"][0] == pytest.approx(0.5, abs=1e-9) and both.json()["rewards"][1] != 0.5
 
 
 def test_body_limit_token_off_loopback_and_host_check(pointwise):
