@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -80,6 +81,9 @@ REWARD_LOG_FEATURES = datasets.Features({
 })
 
 
+PART = re.compile(r"part-(\d+)-\d+\.parquet$")
+
+
 class JudgmentLog:
     """A directory of Parquet parts, one per reward call, each written atomically (a crash loses none).
 
@@ -90,7 +94,8 @@ class JudgmentLog:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._next = 1 + max((int(p.name.split("-")[1]) for p in self.dir.glob("part-*.parquet")), default=-1)
+        taken = [int(m.group(1)) for p in self.dir.glob("part-*.parquet") if (m := PART.match(p.name))]
+        self._next = 1 + max(taken, default=-1)
         self._lock = threading.Lock()
 
     def append(self, rows: list[dict]) -> Path | None:
@@ -310,7 +315,8 @@ def judge_config(kind: str, config: JudgeConfig | dict | None = None, **fields) 
         raise ConfigError(f"field 'judge.{'.'.join(map(str, first['loc']))}': {first['msg']}") from None
 
 
-def judge_reward(config: JudgeConfig | None = None, *, judge=None, against: str | None = None, num_generations: int | None = None,
+def judge_reward(config: JudgeConfig | None = None, *, judge=None, against: str | None = None,
+                 num_generations: int | None = None,
                  log: JudgmentLog | str | Path | None = None, name: str | None = None, seed: int = 0) -> JudgeReward:
     """The reward for whichever judge `config.kind` names (what `rlaif serve` and `train.grpo.reward: judge` use).
 

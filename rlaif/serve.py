@@ -29,8 +29,6 @@ import re
 import secrets
 import socket
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -38,6 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import URL, Headers, QueryParams
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rlaif.request_batching import Batcher, Job, Metrics
 from rlaif.errors import ConfigError, InputError
 from rlaif.records import Message
 from rlaif.review.app import LOOPBACK_NAMES, is_loopback
@@ -137,130 +136,6 @@ def response_of(query: str, prompt: str, end_tokens: tuple[str, ...]) -> str | N
         text = stripped[:-len(end)]
 
 
-# ---------------------------------------------------------------- batching and metrics
-
-
-@dataclass
-class Job:
-    """One request's rows, waiting for its share of a batch."""
-
-    prompts: list
-    completions: list
-    columns: dict
-    groups: list[int]
-    future: asyncio.Future
-    arrived: float = field(default_factory=time.perf_counter)
-
-
-class Metrics:
-    """Counters for GET /metrics; latencies over the last `window` requests."""
-
-    def __init__(self, window: int = 10_000):
-        self.started = time.time()
-        self.requests: Counter = Counter()
-        self.errors: Counter = Counter()
-        self.latencies: deque[float] = deque(maxlen=window)
-        self.batch_requests: Counter = Counter()
-        self.batches = self.rows = self.judgments = 0
-        self.judge_seconds = 0.0
-
-    def batch(self, jobs: int, rows: int, judgments: int, seconds: float) -> None:
-        self.batches += 1
-        self.batch_requests[jobs] += 1
-        self.rows += rows
-        self.judgments += judgments
-        self.judge_seconds += seconds
-
-    def snapshot(self, queued: int) -> dict:
-        lat = sorted(self.latencies)
-
-        def pct(q: float) -> float | None:
-            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
-
-        sizes = self.batch_requests
-        return {
-            "uptime_s": round(time.time() - self.started, 1),
-            "requests": dict(self.requests), "errors": dict(self.errors), "queued": queued,
-            "batches": self.batches, "completions": self.rows, "judgments": self.judgments,
-            "batch_requests": {"mean": round(sum(k * v for k, v in sizes.items()) / self.batches, 3)
-                               if self.batches else None, "max": max(sizes, default=None),
-                               "histogram": {str(k): v for k, v in sorted(sizes.items())}},
-            "batch_completions_mean": round(self.rows / self.batches, 3) if self.batches else None,
-            "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "n": len(lat)},
-            "judgments_per_s": round(self.judgments / self.judge_seconds, 2) if self.judge_seconds else None,
-            "completions_per_s": round(self.rows / self.judge_seconds, 2) if self.judge_seconds else None,
-        }
-
-
-class Batcher:
-    """Gathers concurrent jobs into one `judge_batch` call, run off the event loop, one at a time."""
-
-    def __init__(self, reward: JudgeReward, metrics: Metrics, max_batch_size: int, max_wait_s: float):
-        self.reward, self.metrics = reward, metrics
-        self.max_batch_size, self.max_wait_s = max_batch_size, max_wait_s
-        self.queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._carry: Job | None = None
-
-    async def submit(self, job: Job):
-        await self.queue.put(job)
-        return await job.future
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            job, self._carry = self._carry or await self.queue.get(), None
-            jobs, rows = [job], len(job.completions)
-            deadline = loop.time() + self.max_wait_s
-            while rows < self.max_batch_size:
-                try:  # jobs already queued join at once; then wait for more until the deadline
-                    nxt = self.queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        nxt = await asyncio.wait_for(self.queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if rows + len(nxt.completions) > self.max_batch_size:
-                    self._carry = nxt
-                    break
-                jobs.append(nxt)
-                rows += len(nxt.completions)
-            await self._judge(jobs)
-
-    async def _judge(self, jobs: list[Job]) -> None:
-        t0 = time.perf_counter()
-        try:
-            batch = await asyncio.to_thread(self._judge_together, jobs)
-        except Exception as e:  # noqa: BLE001 - handed to the request that caused it
-            if len(jobs) > 1:  # one request's bad data must not fail the others: judge each alone
-                for job in jobs:
-                    await self._judge([job])
-            elif not jobs[0].future.done():
-                jobs[0].future.set_exception(e)
-            return
-        self.metrics.batch(len(jobs), sum(len(j.completions) for j in jobs), batch.judgments, time.perf_counter() - t0)
-        start = 0
-        for job in jobs:
-            n = len(job.completions)
-            if not job.future.done():
-                job.future.set_result((batch.rewards[start:start + n], batch.records[start:start + n]))
-            start += n
-
-    def _judge_together(self, jobs: list[Job]):
-        names = {c for j in jobs for c in j.columns}
-        prompts, completions, groups, columns = [], [], [], {c: [] for c in names}
-        for job in jobs:
-            offset = 1 + max(groups, default=-1)
-            prompts += job.prompts
-            completions += job.completions
-            groups += [offset + g for g in job.groups]
-            for c in names:
-                columns[c] += job.columns.get(c, [None] * len(job.completions))
-        return self.reward.judge_batch(prompts, completions, columns, groups)
-
-
 # ---------------------------------------------------------------- the app
 
 
@@ -315,8 +190,8 @@ def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | Non
     """The reward service over one reward function. Off loopback a token is required (generated if None).
 
     `label_column`: the column OpenRLHF's `labels` fill; default the reference column of a pairwise
-    reward against one, else `solution` (what verifiers read). `failure_reward`: what OpenRLHF gets for a completion the
-    judge could not score (its protocol has no null); /score answers null.
+    reward against one, else `solution` (what verifiers read). `failure_reward`: what OpenRLHF gets
+    for a completion the judge could not score (its protocol has no null); /score answers null.
     """
     if label_column is None:
         label_column = reward.against if reward.against not in (None, "group") else "solution"
@@ -362,7 +237,8 @@ def create_app(reward: JudgeReward, *, host: str = "127.0.0.1", token: str | Non
             groups = consecutive_groups(chats)
         else:
             check_groups(chats, groups)
-        return await batcher.submit(Job(chats, completions, columns, groups, asyncio.get_running_loop().create_future()))
+        future = asyncio.get_running_loop().create_future()
+        return await batcher.submit(Job(chats, completions, columns, groups, future))
 
     @app.post("/score")
     async def score(request: Request):

@@ -157,7 +157,7 @@ def test_grpo_trains_with_each_kind_and_rewards_equal_the_judge_stage(kind, toy_
 def test_judgment_log_schema_and_appends(judge_engine, tmp_path):
     judge = build_judge(JudgeConfig(kind="pairwise", model="toy:judge", template="toy-pairwise"), judge_engine)
     reward = rewards.pairwise_reward(judge=judge, log=tmp_path / "log", num_generations=2)
-    prompts = [[{"role": "user", "content": toy.question(3, 4)}]] * 2 + [[{"role": "user", "content": toy.question(9, 9)}]] * 2
+    prompts = [[{"role": "user", "content": toy.question(a, b)}] for a, b in ((3, 4), (3, 4), (9, 9), (9, 9))]
     completions = [[{"role": "assistant", "content": t}] for t in ("7", "8", "18", "81")]
     values = reward(completions, prompts=prompts, solution=["7", "7", "18", "18"])
     assert len(values) == 4 and all(0 < v < 1 for v in values)
@@ -244,7 +244,8 @@ def test_grpo_with_a_pointwise_judge_on_the_real_model(tmp_path):
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data,
                           processing_class=AutoTokenizer.from_pretrained(model))
     trainer.train()
-    logged = [h["rewards/rlaif_pointwise/mean"] for h in trainer.state.log_history if "rewards/rlaif_pointwise/mean" in h]
+    key = "rewards/rlaif_pointwise/mean"
+    logged = [h[key] for h in trainer.state.log_history if key in h]
     assert len(logged) == 2
     log = read_judgment_log(tmp_path / "log")
     assert len(log) == 8 and all(r["judge_model"] == "smollm2:135m-instruct" for r in log)
@@ -262,8 +263,9 @@ def test_the_train_stage_rewards_grpo_with_the_pipeline_judge(tmp_path, toy_path
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(toy_paths["prompts-train"].read_text().splitlines()[:32]) + "\n")
-    cfg = load_config(None, ["train.base=toy:policy", "train.max_steps=2", "train.batch_size=8", "train.logging_steps=1",
-                             "train.grpo.reward=judge", "train.grpo.max_completion_length=6", f"train.grpo.prompts={prompts}",
+    cfg = load_config(None, ["train.base=toy:policy", "train.max_steps=2", "train.batch_size=8",
+                             "train.logging_steps=1", "train.grpo.reward=judge", "train.grpo.max_completion_length=6",
+                             f"train.grpo.prompts={prompts}",
                              "judge.kind=pairwise", "judge.model=toy:judge", "judge.template=toy-pairwise"])
     result = run_train(cfg, tmp_path / "run", method="grpo", progress=False)
     history = json.loads((tmp_path / "run" / "iter-000" / "train" / "grpo" / "log_history.json").read_text())

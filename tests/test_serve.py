@@ -98,7 +98,8 @@ def test_sixteen_concurrent_clients_are_batched_and_get_their_own_answers(pointw
         a, b = toy.problems()["test"][c]
         answers = [str(a + b), str(a + b + 1), str(a + b + 10)]
         clients.append([(toy.question(a, b), answers[:1 + (c + r) % 3]) for r in range(3)])
-    expected = {(q, tuple(t)): pointwise.judge_batch([chat(q)] * len(t), t).rewards for reqs in clients for q, t in reqs}
+    expected = {(q, tuple(t)): pointwise.judge_batch([chat(q)] * len(t), t).rewards
+                for requests in clients for q, t in requests}
     assert len({round(v, 2) for vs in expected.values() for v in vs}) >= 16  # so a mix-up would show
 
     async def client(url: str, requests: list) -> list:
@@ -163,7 +164,8 @@ def test_a_pairwise_reference_column_is_required(judge_engine):
         ok = httpx.post(f"{url}/score", json={"prompts": ["a"], "completions": ["1"], "columns": {"reference": ["1"]}})
         assert ok.status_code == 200 and ok.json()["rewards"] == [pytest.approx(0.5, abs=1e-9)]
         # OpenRLHF's labels fill the reference column: the completion equal to its reference gets exactly 1/2
-        both = httpx.post(f"{url}/get_reward", json={"query": ["a1", "a2"], "prompts": ["a", "a"], "labels": ["1", "1"]})
+        both = httpx.post(f"{url}/get_reward",
+                          json={"query": ["a1", "a2"], "prompts": ["a", "a"], "labels": ["1", "1"]})
         assert both.json()["rewards"][0] == pytest.approx(0.5, abs=1e-9) and both.json()["rewards"][1] != 0.5
 
 
