@@ -402,6 +402,33 @@ def ledger_(
         b.close()
 
 
+@app.command()
+@stage_options(JUDGE_EVAL, "config", "sets")
+def serve(
+    against: Optional[str] = typer.Option(None, "--against", help="Pairwise: group (win rate over the request's "
+                                          "other completions of the same prompt) or a reference column's name."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; off loopback every request needs "
+                             "the token ($RLAIF_SERVE_TOKEN, else one printed at start)."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on (0 = any free port)."),
+    max_batch_size: int = typer.Option(64, "--max-batch-size", help="Completions judged together at most."),
+    max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a batch waits for more requests."),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="The column OpenRLHF's labels fill "
+                                               "[default: the --against column, else solution]."),
+    judgment_log: Optional[Path] = typer.Option(None, "--log", help="Append every judgment to this directory "
+                                                "(Parquet parts)."),
+    *, opts: StageOptions,
+):
+    """Serve a judge as a reward: POST /get_reward (OpenRLHF's remote reward model), POST /score (JSON),
+    GET /health, GET /metrics."""
+    from rlaif.rewards import judge_reward
+    from rlaif.serve import serve_forever
+
+    cfg = _config(opts)
+    reward = judge_reward(cfg.judge, against=against, log=judgment_log, seed=cfg.seed)
+    serve_forever(reward, host=host, port=port, max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                  label_column=label_column, announce=typer.echo)
+
+
 def main() -> None:
     """Console entry point: user errors are one line on stderr, no traceback."""
     try:

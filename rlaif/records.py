@@ -233,3 +233,38 @@ class StageManifest(BaseModel):
 
     def finished(self) -> set[int]:
         return {int(k) for k in self.shards}
+
+
+# ---------------------------------------------------------------- rlaif.rewards' judgment log
+# One row per rewarded completion. `comparisons` (pairwise judges) holds every comparison behind the
+# reward, seen from this row: A is this completion, B the opponent (another row, or -1 for the
+# reference column), p_a_first / p_b_first are P("1") with A / B shown first, and preference is
+# P(this completion is better), both orders averaged.
+COMPARISON_ENTRY = {
+    "opponent": datasets.Value("int32"),
+    "opponent_text": datasets.Value("string"),
+    "p_a_first": datasets.Value("float64"),
+    "p_b_first": datasets.Value("float64"),
+    "preference": datasets.Value("float64"),
+    "consistent": datasets.Value("bool"),
+    "raw_text_ab": datasets.Value("string"),
+    "raw_text_ba": datasets.Value("string"),
+    "judge_failure": datasets.Value("string"),
+}
+REWARD_LOG_FEATURES = datasets.Features({
+    "time": datasets.Value("float64"),  # unix seconds of the call
+    "call": datasets.Value("int64"),  # calls of this reward function so far (0-based)
+    "step": datasets.Value("int64"),  # the trainer's global step, null outside a trainer
+    "reward_name": datasets.Value("string"),
+    "row": datasets.Value("int32"),  # position in the call's batch
+    "group": datasets.Value("int32"),  # the prompt group within the call
+    "prompt": MESSAGES_FEATURE,
+    "completion": datasets.Value("string"),
+    "columns": datasets.Value("string"),  # the row's dataset columns (solution, reference, ...) as JSON
+    "reward": datasets.Value("float64"),
+    "score_distribution": [datasets.Value("float64")],
+    "raw_text": datasets.Value("string"),
+    "judge_failure": datasets.Value("string"),
+    "comparisons": [COMPARISON_ENTRY],
+    **PROVENANCE_FEATURES,
+})

@@ -30,6 +30,8 @@ OWN = {
     "report": set(),
     "verify": set(),
     "ledger": {"--explain"},
+    "serve": {"--against", "--host", "--port", "--max-batch-size", "--max-wait-ms", "--label-column", "--log",
+              "--config", "--set"},
     "toy build": {"--force"},
     "toy path": set(),
 }

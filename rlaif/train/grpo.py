@@ -39,18 +39,10 @@ def resolve_reward(spec: str | None, reward_model_dir: Path | None = None, judge
 
 
 def judge_reward(judge):
-    """Wrap a scoring judge (`rlaif.judges.ScoringJudge`) as a TRL reward function; no score -> None."""
-    def reward(prompts, completions, **columns):
-        items = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            text = completion[-1]["content"] if isinstance(completion, list) else completion
-            row = {k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(prompts)}
-            items.append(CandidateItem(prompt=prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
-                                       text=text, columns=row))
-        return [s.score for s in judge.score(items)]
+    """A judge (`rlaif.judges`) as a TRL reward function: `rlaif.rewards` (pairwise judges: win rate in the group)."""
+    from rlaif import rewards
 
-    reward.__name__ = f"judge_{getattr(judge, 'kind', type(judge).__name__)}"
-    return reward
+    return rewards.judge_reward(judge=judge)
 
 
 def build_grpo_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, output_dir: Path, seed: int,
