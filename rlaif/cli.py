@@ -413,7 +413,7 @@ def serve(
     max_batch_size: int = typer.Option(64, "--max-batch-size", help="Completions judged together at most."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="How long a batch waits for more requests."),
     label_column: Optional[str] = typer.Option(None, "--label-column", help="The column OpenRLHF's labels fill "
-                                               "[default: the --against column, else solution]."),
+                                               "(default: the --against column, else solution)."),
     judgment_log: Optional[Path] = typer.Option(None, "--log", help="Append every judgment to this directory "
                                                 "(Parquet parts)."),
     *, opts: StageOptions,

@@ -31,14 +31,15 @@ import socket
 import time
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.datastructures import URL, Headers, QueryParams
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.datastructures import URL, Headers, QueryParams
 
-from rlaif.request_batching import Batcher, Job, Metrics
 from rlaif.errors import ConfigError, InputError
 from rlaif.records import Message
+from rlaif.request_batching import Batcher, Job, Metrics
 from rlaif.review.app import LOOPBACK_NAMES, is_loopback
 from rlaif.rewards import JudgeReward, as_chat, check_groups, consecutive_groups
 
@@ -317,8 +318,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def server(app: FastAPI, log_level: str = "warning"):
     """A uvicorn server for `app`; `.run(sockets=[bind(host, port)])` serves until interrupted."""
-    import uvicorn
-
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_keep_alive=30))
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import datasets
 
+from rlaif import rewards
 from rlaif.config import TrainConfig
 from rlaif.errors import ConfigError
 from rlaif.functions import load_function
-from rlaif.judges.base import CandidateItem
 from rlaif.train.common import lora_config, trainer_args
 
 
@@ -40,8 +40,6 @@ def resolve_reward(spec: str | None, reward_model_dir: Path | None = None, judge
 
 def judge_reward(judge):
     """A judge (`rlaif.judges`) as a TRL reward function: `rlaif.rewards` (pairwise judges: win rate in the group)."""
-    from rlaif import rewards
-
     return rewards.judge_reward(judge=judge)
 
 
