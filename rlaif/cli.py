@@ -46,6 +46,7 @@ GENERATE = {
     "--stop": "generate.stop", "--seed": "seed", "--shard-size": "generate.shard_size",
     "--prompt-column": "generate.prompt_column", "--limit": "generate.limit", "--system-prompt": "generate.system_prompt",
     "--template": "generate.template", "--executor": "executor",
+    "--retry-failed/--no-retry-failed": "generate.retry_failed",
 }
 JUDGE_EVAL = {"--judge -j": "judge.kind", "--model -m": "judge.model", "--engine -e": "judge.engine",
               "--template": "judge.template", "--mode": "judge.mode", "--verifier": "judge.verifier"}
@@ -94,15 +95,19 @@ def _config(opts: StageOptions, run: Optional[Path] = None) -> PipelineConfig:
 
 
 def _stage(name: str, run: Optional[Path], opts: StageOptions, call: Callable[[PipelineConfig, Path], dict], *,
-           over_run: bool = True, record: bool = True) -> None:
-    """What every stage command does: load the config, record it in the run, run the stage, print its summary."""
+           over_run: bool = True, record_after: bool = False) -> None:
+    """What every stage command does: load the config, run the stage, print its summary.
+
+    RUN/pipeline.yaml is written only once the stage has accepted the config: the stages that write
+    data record it themselves (`record=True`) after their checks; `record_after` records it on success.
+    """
     from rlaif.runs import record_config
 
     cfg = _config(opts, run if over_run else None)
     run = _run_dir(run, cfg)
-    if record:
-        record_config(cfg, run)
     summary = call(cfg, run)
+    if record_after:
+        record_config(cfg, run)
     if not opts.quiet:
         console.print(summary_table(f"{name} · {run}/iter-{opts.iteration:03d}", summary))
 
@@ -119,7 +124,7 @@ def generate(out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run d
     from rlaif.stages.generate import run_generate
 
     _stage("generate", out, opts, lambda cfg, run: run_generate(
-        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet).summary,
+        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet, record=True).summary,
         over_run=False)
 
 
@@ -183,7 +188,7 @@ def filter_(run: Path = _run_arg("iter-K/judge/"), *, opts: StageOptions):
     from rlaif.stages.filter import run_filter
 
     _stage("filter", run, opts, lambda cfg, run: run_filter(
-        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet).summary)
+        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet, record=True).summary)
 
 
 @app.command("export")
@@ -201,8 +206,7 @@ def export_(
     from rlaif.stages.export import run_export
 
     _stage("export", run, opts, lambda cfg, run: run_export(
-        cfg, str(run), iteration=opts.iteration, reviewed_only=reviewed_only, min_agreement=min_agreement),
-        record=False)
+        cfg, str(run), iteration=opts.iteration, reviewed_only=reviewed_only, min_agreement=min_agreement))
 
 
 @app.command("judge")
@@ -213,7 +217,7 @@ def judge_(run: Path = _run_arg("iter-K/generate/"), *, opts: StageOptions):
     from rlaif.stages.judge import run_judge
 
     _stage("judge", run, opts, lambda cfg, run: run_judge(
-        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet).summary)
+        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet, record=True).summary)
 
 
 @app.command("judge-eval")
@@ -259,7 +263,7 @@ def train_(
 
     opts.overrides.update({"train.method": method, "train.lora": {} if lora else None})
     _stage(f"train {method}", run, opts, lambda cfg, run: run_train(
-        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet).summary)
+        cfg, str(run), iteration=opts.iteration, overwrite=opts.overwrite, progress=not opts.quiet, record=True).summary)
 
 
 @app.command("evaluate")
@@ -269,8 +273,7 @@ def evaluate_(run: Path = _run_arg("iter-K/policy/ and/or iter-K/reward_model/")
     the win rate of the new policy over the previous one; stored in RUN/iter-K/evaluate/metrics.json."""
     from rlaif.stages.evaluate import run_evaluate, summary_rows
 
-    _stage("evaluate", run, opts, lambda cfg, run: summary_rows(run_evaluate(cfg, str(run), iteration=opts.iteration)),
-           record=False)
+    _stage("evaluate", run, opts, lambda cfg, run: summary_rows(run_evaluate(cfg, str(run), iteration=opts.iteration)))
 
 
 @app.command("run")
@@ -437,7 +440,7 @@ def main() -> None:
             sys.exit(code)
     except RlaifError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(e, "exit_code", 2))
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         sys.exit(130)

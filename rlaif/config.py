@@ -69,7 +69,7 @@ class EngineBlock(StrictModel):
 class GenerateConfig(EngineBlock):
     """The generate stage: prompts in, `n` candidates per prompt out.
 
-    Fields are grouped: the input (input ... template); sampling (n ... stop); the run (shard_size); the Batch API
+    Fields are grouped: the input (input ... template); sampling (n ... stop); the run (shard_size, retry_failed, max_failure_rate); the Batch API
     (batch, batch_poll_s, batch_poll_max_s).
     """
 
@@ -88,6 +88,11 @@ class GenerateConfig(EngineBlock):
     stop: list[str] = Field(default_factory=list, description="Strings that end a completion (cut from the text).")
     shard_size: int = Field(256, ge=1, description="Prompts per Parquet shard: the unit of resume and of seeding "
                             "(seed + shard index).")
+    retry_failed: bool = Field(True, description="On a rerun, write again every finished shard holding rows that "
+                               "failed transiently (network, timeout, server error, malformed answer), with the same "
+                               "seed, so the rows that succeeded come out the same.")
+    max_failure_rate: float = Field(0.5, ge=0, le=1, description="The stage fails (exit code 5, finished rows kept) "
+                                    "when more than this share of its rows failed; all rows failing always fails it.")
     batch: bool = Field(False, description="openai engine: send every unfinished shard as one OpenAI Batch API job "
                         "(upload, create, poll, download; half the price on OpenAI, answers within 24 h). Failed or "
                         "expired requests are resubmitted once; a killed run re-attaches to its batch.")

@@ -44,6 +44,7 @@ CANDIDATE_FEATURES = datasets.Features({
     "sampling": {"n": INT, "temperature": FLOAT, "top_p": FLOAT, "max_new_tokens": INT, "stop": [STRING]},
     "seed": datasets.Value("int64"),
     "failure": STRING,  # why the row could not be generated (then text is empty)
+    "failure_retryable": datasets.Value("bool"),  # the failure was transient: a rerun of the stage retries the row
 })
 CANDIDATE_COLUMNS = tuple(CANDIDATE_FEATURES)
 

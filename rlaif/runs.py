@@ -27,8 +27,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -41,7 +43,9 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from rlaif.errors import RunError
+from filelock import FileLock, Timeout
+
+from rlaif.errors import RunError, StageFailedError
 from rlaif.progress import StageProgress
 from rlaif.records import FileRecord, ShardRecord, StageManifest
 from rlaif.scale import map_shards
@@ -49,6 +53,7 @@ from rlaif.scale import map_shards
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+LOCK = ".lock"
 LOOP_MANIFEST = "loop.json"
 PIPELINE = "pipeline.yaml"
 
@@ -184,8 +189,27 @@ def fingerprint_files(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def changed_settings(existing: StageManifest, config: dict, config_hash: str, input_fingerprint: str,
+                     shard_size: int) -> str | None:
+    """Why a stage's finished shards cannot be resumed with these settings: every changed field, old -> new."""
+    prefix = f"{existing.stage}."
+    changes = [f"{'' if k == 'seed' else prefix}{k}: {_shown(existing.config.get(k))} → {_shown(config.get(k))}"
+               for k in sorted(set(existing.config) | set(config)) if existing.config.get(k) != config.get(k)]
+    if existing.shard_size != shard_size and not any(c.startswith(f"{prefix}shard_size:") for c in changes):
+        changes.append(f"{prefix}shard_size: {existing.shard_size} → {shard_size}")
+    if existing.input_fingerprint != input_fingerprint:
+        changes.append(f"the input changed (content {existing.input_fingerprint} → {input_fingerprint})")
+    if existing.config_hash != config_hash and not changes:
+        changes.append("the settings changed")
+    return "; ".join(changes) or None
+
+
+def _shown(value) -> str:
+    return json.dumps(value, default=str)
+
+
 class StageWriter:
-    """Writes one stage's shards and manifest; decides what a rerun skips or refuses."""
+    """Writes one stage's shards and manifest; decides what a rerun skips, writes again or refuses."""
 
     def __init__(
         self,
@@ -198,6 +222,7 @@ class StageWriter:
         num_shards: int,
         shard_size: int,
         overwrite: bool = False,
+        retry_failed: bool = False,
     ):
         self.dir = Path(directory)
         self._t0 = time.perf_counter()
@@ -207,23 +232,22 @@ class StageWriter:
             discard(self.dir)
             existing = None
         if existing is not None:
+            refusal = changed_settings(existing, config, config_hash, input_fingerprint, shard_size)
+            if refusal:
+                raise RunError(f"{self.dir}: {refusal}; finished shards ({len(existing.shards)} of "
+                               f"{existing.num_shards}) were made with the old settings. Use --overwrite to start "
+                               "this stage again, or --out for a new run")
             for index, problem in damaged_shards(self.dir, existing).items():
                 log.warning("%s; writing shard %d again", problem, index)
                 del existing.shards[f"{index:05d}"]
                 existing.status = "running"
-            changed = []
-            if existing.config_hash != config_hash:
-                changed.append("config")
-            if existing.input_fingerprint != input_fingerprint:
-                changed.append("input")
-            if existing.shard_size != shard_size:
-                changed.append("shard_size")
-            if changed:
-                raise RunError(
-                    f"{self.dir}: this stage was started with a different {' and '.join(changed)} "
-                    f"({len(existing.shards)} of {existing.num_shards} shards done). Refusing to mix old and "
-                    "new rows: rerun with the original settings to resume, or pass --overwrite to start this stage fresh."
-                )
+            if retry_failed:
+                for key, record in list(existing.shards.items()):
+                    if record.counts.get("retryable_failures"):
+                        log.warning("%s: shard %s has %d rows that failed transiently (network, timeout, server "
+                                    "error); writing it again", self.dir, key, record.counts["retryable_failures"])
+                        del existing.shards[key]
+                        existing.status = "running"
             self.manifest = existing
             self.manifest.status = "running" if len(existing.shards) < num_shards else existing.status
             self._t0 -= existing.seconds
@@ -406,13 +430,44 @@ class ShardPlan:
     summarise: Callable[["StageWriter"], dict]
     teardown: Callable[[Any], None] | None = None
     prefetch: Callable[[list[int]], None] | None = None  # sees the unfinished shards first (e.g. one Batch API job)
+    retry_failed: bool = False  # write again the finished shards whose counts hold `retryable_failures`
     unit: str = "rows"
     executor: str = "local"
     ray_config: Any = None
 
 
+@contextmanager
+def stage_lock(directory: Path):
+    """One writer per stage directory: a second command on it fails at once, naming the holder.
+
+    The lock is an OS file lock (flock), released by the kernel when its process dies, so a killed
+    run never leaves a stale lock behind.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(directory / LOCK), timeout=0)
+    holder = directory / f"{LOCK}.holder"
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            who = json.loads(holder.read_text())
+            said = f"process {who['pid']} ({who['command']}, since {who['since']})"
+        except (OSError, ValueError, KeyError):
+            said = "another process"
+        raise RunError(f"{directory}: {said} is writing this stage; wait for it to finish (or stop it), "
+                       "then rerun") from None
+    try:
+        atomic_write_bytes(holder, json.dumps({"pid": os.getpid(), "command": " ".join(sys.argv), "since": now()})
+                           .encode())
+        yield
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
 def run_sharded(stage: str, run: str | Path, iteration: int, plan: Callable[[Upstream | None], ShardPlan], *,
-                after: str | None = None, overwrite: bool = False, progress: bool = True) -> StageManifest:
+                after: str | None = None, overwrite: bool = False, progress: bool = True,
+                record: BaseModel | None = None) -> StageManifest:
     """Run one sharded stage into `run/iter-K/<stage>/`, resuming finished shards.
 
     The `after` stage must be complete; `plan` sees it and says what to do. A stage whose manifest
@@ -420,23 +475,39 @@ def run_sharded(stage: str, run: str | Path, iteration: int, plan: Callable[[Ups
     with `overwrite`).
     """
     upstream = require_stage(run, after, iteration) if after else None
-    p = plan(upstream)
-    writer = StageWriter(stage_dir(run, stage, iteration), stage=stage, config_hash=p.config_hash,
-                         input_fingerprint=p.input_fingerprint, config=p.config, num_shards=len(p.shard_rows),
-                         shard_size=p.shard_size, overwrite=overwrite)
-    todo = [i for i in range(len(p.shard_rows)) if i not in writer.done]
-    if not todo and writer.complete:
-        log.info("%s: all %d shards already done in %s", stage, len(p.shard_rows), writer.dir)
-        return writer.manifest
-    if p.prefetch is not None:
-        p.prefetch(todo)
-    total = sum(p.shard_rows)
-    results = map_shards(p.executor, todo, p.shard_input, work=p.work, setup=p.setup, teardown=p.teardown,
-                         ray_config=p.ray_config)
-    with StageProgress(stage, total=total, done=total - sum(p.shard_rows[i] for i in todo), unit=p.unit,
-                       enabled=progress) as bar:
-        for index, tables, seconds in results:
-            counts = p.counts(index, tables)
-            writer.write_shard(index, tables, seconds, counts)
-            bar.advance(p.shard_rows[index], tokens=counts.get("tokens", 0))
-    return writer.finish(p.summarise(writer))
+    p = plan(upstream)  # every check of the settings and the input, before the run directory is touched
+    directory = stage_dir(run, stage, iteration)
+    with stage_lock(directory):
+        writer = StageWriter(directory, stage=stage, config_hash=p.config_hash, input_fingerprint=p.input_fingerprint,
+                             config=p.config, num_shards=len(p.shard_rows), shard_size=p.shard_size,
+                             overwrite=overwrite, retry_failed=p.retry_failed)
+        if record is not None:  # the stage accepted these settings: now they are what the run was made with
+            record_config(record, run)
+        todo = [i for i in range(len(p.shard_rows)) if i not in writer.done]
+        if not todo and writer.complete:
+            log.info("%s: all %d shards already done in %s", stage, len(p.shard_rows), writer.dir)
+            return writer.manifest
+        if p.prefetch is not None:
+            p.prefetch(todo)
+        total = sum(p.shard_rows)
+        results = map_shards(p.executor, todo, p.shard_input, work=p.work, setup=p.setup, teardown=p.teardown,
+                             ray_config=p.ray_config)
+        with StageProgress(stage, total=total, done=total - sum(p.shard_rows[i] for i in todo), unit=p.unit,
+                           enabled=progress) as bar:
+            for index, tables, seconds in results:
+                counts = p.counts(index, tables)
+                writer.write_shard(index, tables, seconds, counts)
+                bar.advance(p.shard_rows[index], tokens=counts.get("tokens", 0))
+        return writer.finish(p.summarise(writer))
+
+
+def check_failure_rate(manifest: StageManifest, failed_key: str, rows_key: str, max_rate: float,
+                       first_failure: Callable[[], str | None]) -> None:
+    """Refuse a stage in which more than `max_rate` of the rows failed (all rows failed always counts)."""
+    failed = sum(s.counts.get(failed_key, 0) for s in manifest.shards.values())
+    rows = sum(s.counts.get(rows_key, 0) for s in manifest.shards.values())
+    if rows and failed and (failed == rows or failed / rows > max_rate):
+        raise StageFailedError(
+            f"{manifest.stage}: {failed} of {rows} rows failed (more than max_failure_rate {max_rate:g}); first "
+            f"failure: {first_failure() or 'unknown'}. Finished rows are kept: fix the cause (e.g. the server) and "
+            "rerun the same command, which retries the failed rows")

@@ -113,10 +113,18 @@ def test_faults_through_cli_retried_recorded_and_resumed(keyed_server, tmp_path)
     assert SECRET not in written + res.stderr + res.stdout
     assert "RLAIF_TEST_KEY" in written
 
-    # resume: everything is done, no request goes out
-    again = run_cli(*args, env=env)
+    # resume without retrying failed rows: everything is done, no request goes out
+    again = run_cli(*args, "--no-retry-failed", env=env)
     assert again.returncode == 0, again.stderr
     assert attempts(keyed_server) == seen
+    # a plain rerun writes again the shard whose row failed transiently (the 500); the rows that succeeded are
+    # answered from the call ledger, so only the failed requests go out again, and they come out the same
+    before = out.to_list()
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    more = {p: n - seen[p] for p, n in attempts(keyed_server).items() if n != seen.get(p)}
+    assert more == {f"{tag} #fault=500": 4, f"{tag} #fault=400": 1}, more
+    assert load_table(stage_dir(run, "generate"), "candidates").to_list() == before
 
 
 def _env() -> dict:

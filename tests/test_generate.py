@@ -161,6 +161,6 @@ def test_run_generate_writes_shards_manifest_and_resumes(tmp_path, toy_test_prom
     changed.generate.temperature = 0.5
     from rlaif.errors import RunError
 
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match="generate.temperature: 1.0 → 0.5"):
         run_generate(changed, str(run), progress=False, engine=policy_engine)
     assert json.loads(before)["status"] == read_manifest(stage_dir(run, "generate")).status

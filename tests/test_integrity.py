@@ -189,3 +189,100 @@ def test_damaged_train_checkpoint_is_one_line_with_the_recovery(tmp_path, toy_pa
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert f"{weights}: content differs" in lines[0] and f"delete {ckpt}" in lines[0] and "--overwrite" in lines[0]
+
+
+# ---------------------------------------------------------------- one writer, a true config record, outages
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_second_command_on_a_stage_exits_at_once_and_a_killed_holder_never_blocks(tmp_path, toy_paths):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from conftest import RLAIF
+
+    run = tmp_path / "run"
+    args = ["generate", "-i", "toy:train", "--limit", "2000", "-m", "toy:policy", "--n", "4", "--max-new-tokens", "6",
+            "--shard-size", "100", "--out", str(run), "-q"]
+    first = subprocess.Popen([*RLAIF, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    holder = stage_dir(run, "generate") / ".lock.holder"
+    deadline = time.time() + 300
+    while not holder.exists() and time.time() < deadline:
+        assert first.poll() is None, first.stderr.read().decode()
+        time.sleep(0.05)
+    t0 = time.time()
+    second = run_cli(*args)
+    lines = [line for line in second.stderr.splitlines() if line.strip()]
+    assert second.returncode == 2 and len(lines) == 1, second.stderr
+    assert f"process {first.pid} (" in lines[0] and "generate" in lines[0] and "is writing this stage" in lines[0]
+    assert first.poll() is None, "the first command is still the one writing"
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    assert time.time() - t0 < 120
+    resumed = run_cli(*args, "--limit", "200")  # another config: refused for its settings, not for a lock
+    assert resumed.returncode == 2 and "generate.limit: 2000 → 200" in resumed.stderr, resumed.stderr
+
+
+def test_the_config_record_never_lies_and_failed_commands_leave_nothing(tmp_path, toy_test_prompts):
+    import yaml
+
+    run = tmp_path / "run"
+    base = ["generate", "-i", toy_test_prompts, "-m", "toy:policy", "--n", "2", "--max-new-tokens", "4",
+            "--shard-size", "20", "--out", run, "-q"]
+    assert run_cli(*base).returncode == 0
+    recorded = (run / "pipeline.yaml").read_text()
+    assert yaml.safe_load(recorded)["generate"]["temperature"] == 1.0
+    refused = run_cli(*base, "--temperature", "0.7")
+    assert refused.returncode == 2
+    assert "generate.temperature: 1.0 → 0.7; finished shards (2 of 2) were made with the old settings" in refused.stderr
+    failed = run_cli(*[a if a != "toy:policy" else str(tmp_path / "no-model") for a in base], "--overwrite")
+    assert failed.returncode == 2
+    assert (run / "pipeline.yaml").read_text() == recorded  # neither the refusal nor the failure rewrote it
+    nowhere = tmp_path / "nothing"
+    for command in (["judge", nowhere, "--judge", "likelihood", "-m", "toy:judge"], ["filter", nowhere],
+                    ["train", "dpo", nowhere, "--base", "toy:policy"],
+                    ["generate", "-i", tmp_path / "missing.jsonl", "-m", "toy:policy", "--out", nowhere]):
+        result = run_cli(*command, "-q")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert not nowhere.exists(), f"{command[0]} left {nowhere} behind"
+
+
+def test_rows_failed_in_a_server_outage_are_retried_and_an_all_failed_stage_exits_5(tmp_path, toy_test_prompts):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rlaif.runs import load_table
+
+    port = _free_port()
+    run = tmp_path / "run"
+    args = ["generate", "--engine", "openai", "--model", "mock", "--base-url", f"http://127.0.0.1:{port}/v1",
+            "-i", toy_test_prompts, "--limit", "8", "--n", "2", "--shard-size", "4", "--out", run, "-q",
+            "--set", "generate.max_retries=1", "--set", "generate.retry_backoff_s=0.01"]
+    down = run_cli(*args)  # nothing listens on the port: every row fails, transiently
+    lines = [line for line in down.stderr.splitlines() if line.strip()]
+    assert down.returncode == 5 and len(lines) == 1 and "Traceback" not in down.stderr, down.stderr
+    assert "16 of 16 rows failed" in lines[0] and "connection error" in lines[0] and "rerun the same command" in lines[0]
+    assert read_manifest(stage_dir(run, "generate")).summary["failed"] == 16
+    server = subprocess.Popen([sys.executable, str(Path(__file__).with_name("misbehaving_server.py")),
+                               "--port", str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        server.stdout.readline()
+        kept = run_cli(*args, "--no-retry-failed")  # told not to retry: the failures stand, and still fail it
+        assert kept.returncode == 5
+        back = run_cli(*args)  # the server is back: the failed rows are generated
+        assert back.returncode == 0, back.stderr
+    finally:
+        server.terminate()
+        server.wait(10)
+    rows = load_table(stage_dir(run, "generate"), "candidates")
+    assert len(rows) == 16 and all(f is None for f in rows["failure"]) and all(t for t in rows["text"])

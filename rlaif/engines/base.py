@@ -45,6 +45,7 @@ class GenerationResult:
     completions: list[Completion] = field(default_factory=list)
     failure: str | None = None
     prompt_tokens: int = 0
+    retryable: bool = False  # the failure was transient (network, timeout, 5xx, malformed answer): a rerun retries it
 
 
 @runtime_checkable

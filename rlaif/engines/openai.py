@@ -33,7 +33,7 @@ import httpx
 from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompts
 from rlaif.engines.batch import BatchDriver
 from rlaif.engines.ledger import LedgerKey, Stored, make_key
-from rlaif.engines.openai_http import DEFAULT_BASE_URL, OpenAIClient, ServerError
+from rlaif.engines.openai_http import DEFAULT_BASE_URL, OpenAIClient, ServerError, retryable
 from rlaif.errors import EngineError
 
 __all__ = ["DEFAULT_BASE_URL", "OpenAIEngine", "ServerError"]
@@ -138,10 +138,11 @@ class OpenAIEngine(OpenAIClient):
         except ServerError as e:
             if e.status in (401, 403, 404):
                 raise self.fatal(e) from None
-            return GenerationResult(failure=self.describe(e))
+            return GenerationResult(failure=self.describe(e), retryable=retryable(e))
         except (httpx.TransportError, KeyError, TypeError, IndexError, ValueError) as e:
             return GenerationResult(failure=self.describe(e if isinstance(e, httpx.TransportError)
-                                                           else ServerError(f"malformed response: {e!r}")))
+                                                           else ServerError(f"malformed response: {e!r}")),
+                                    retryable=True)
         return self.result(plan, found)
 
     def request_body(self, prompt: PromptInput, p, n: int, seed: int) -> tuple[str, dict, bool, int]:

@@ -39,7 +39,7 @@ class ServerError(Exception):
         self.retry_after = retry_after
 
 
-def _retryable(exc: BaseException) -> bool:
+def retryable(exc: BaseException) -> bool:
     if isinstance(exc, ServerError):
         return exc.status is None or exc.status == 429 or exc.status >= 500
     return isinstance(exc, httpx.TransportError)  # connection refused/reset, closed mid-response, timeouts
@@ -101,7 +101,7 @@ class OpenAIClient:
         """One call with retries and the rate limiter; the JSON object (or text) of the answer, else raises
         ServerError / httpx errors after the last attempt."""
         async for attempt in AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=self._wait,
-                                           retry=retry_if_exception(_retryable), before_sleep=self._before_sleep,
+                                           retry=retry_if_exception(retryable), before_sleep=self._before_sleep,
                                            reraise=True):
             with attempt:
                 async with sem:  # a slot first, then the limiter's go: what it books is what is sent
@@ -151,7 +151,7 @@ class OpenAIClient:
             text = f"connection error: {type(exc).__name__}: {exc}"
         else:
             text = str(exc)
-        attempts = f" after {self.max_retries + 1} attempts" if _retryable(exc) else ""
+        attempts = f" after {self.max_retries + 1} attempts" if retryable(exc) else ""
         return self.redact(f"request to {self.base_url} failed{attempts}: {text}")[:500]
 
 

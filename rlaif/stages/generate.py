@@ -14,12 +14,12 @@ from functools import partial
 import datasets
 
 from rlaif.config import GenerateConfig, PipelineConfig, config_hash
-from rlaif.engines import Engine, GenerationRequest, load_engine
+from rlaif.engines import Engine, GenerationRequest, load_engine, resolve_model
 from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.errors import ConfigError
 from rlaif.inputs import normalise_prompts, read_prompts
 from rlaif.records import CANDIDATE_FEATURES, SamplingParams, StageManifest, with_columns
-from rlaif.runs import ShardPlan, run_sharded
+from rlaif.runs import ShardPlan, check_failure_rate, load_table, run_sharded, stage_dir
 from rlaif.templates import Template, load_template
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # Settings that change speed, not output: changing them does not invalidate finished shards.
 THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "input", "api_key_env",
                    "retry_backoff_s", "requests_per_minute", "tokens_per_minute", "batch", "batch_poll_s",
-                   "batch_poll_max_s"}
+                   "batch_poll_max_s", "retry_failed", "max_failure_rate"}
 
 
 def sampling_of(cfg: GenerateConfig) -> SamplingParams:
@@ -79,6 +79,7 @@ def generate_shard(prompts: datasets.Dataset, engine: Engine, params: SamplingPa
             out["sampling"].append(sampling)
             out["seed"].append(seed)
             out["failure"].append(result.failure)
+            out["failure_retryable"].append(result.retryable if result.failure else None)
             for col in extra_columns:
                 out[col].append(row[col])
     features = with_columns(CANDIDATE_FEATURES, {c: prompts.features[c] for c in extra_columns})
@@ -102,14 +103,27 @@ def generate(dataset: datasets.Dataset, engine: Engine, *, n: int = 4, temperatu
 
 
 def run_generate(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False,
-                 progress: bool = True, engine: Engine | None = None) -> StageManifest:
+                 progress: bool = True, engine: Engine | None = None, record: bool = False) -> StageManifest:
     """Run the generate stage into `run/iter-K/generate/`, resuming finished shards.
 
     `engine`: an engine the caller owns and keeps (local executor), instead of loading `generate.model`.
+    `record`: write the config to RUN/pipeline.yaml once the stage has accepted it (the CLI does).
+    A rerun writes again the shards whose rows failed transiently (`generate.retry_failed`); a stage in
+    which more than `generate.max_failure_rate` of the rows failed raises StageFailedError.
     """
     plan = partial(generate_plan, cfg, engine=engine, run=run, iteration=iteration, overwrite=overwrite,
                    progress=progress)
-    return run_sharded("generate", run, iteration, plan, overwrite=overwrite, progress=progress)
+    manifest = run_sharded("generate", run, iteration, plan, overwrite=overwrite, progress=progress,
+                           record=cfg if record else None)
+    check_failure_rate(manifest, "failed", "candidates", cfg.generate.max_failure_rate,
+                       lambda: first_failure(stage_dir(run, "generate", iteration)))
+    return manifest
+
+
+def first_failure(directory) -> str | None:
+    """The first row failure of a finished generate stage (for the message of a failed stage)."""
+    failures = load_table(directory, "candidates").select_columns(["failure"]).filter(lambda r: r["failure"] is not None)
+    return failures[0]["failure"] if len(failures) else None
 
 
 def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = None, run: str | None = None,
@@ -126,6 +140,8 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
     if not g.model and engine is None:
         raise ConfigError("field 'generate.model' is required: a model name or path, or a registered source such as "
                           "toy:policy (flag --model)")
+    if engine is None and g.engine != "openai":  # a bad model name fails here, before the run directory is touched
+        resolve_model(g.model, "generate.model")
     template = load_template(g.template, "generate", "generate.template") if g.template else None
     prompts, fingerprint = read_prompts(g.input, g.prompt_column)
     if g.limit is not None and g.limit < len(prompts):
@@ -170,7 +186,7 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
         shard_rows=rows,
         shard_input=shard_input,
         work=partial(generate_work, params=params, seed=cfg.seed, system_prompt=g.system_prompt),
-        setup=setup, teardown=None if borrowed else close_generator, prefetch=prefetch,
+        setup=setup, teardown=None if borrowed else close_generator, prefetch=prefetch, retry_failed=g.retry_failed,
         counts=lambda i, tables: shard_counts(rows[i], tables["candidates"]),
         summarise=summary,
         unit="prompts", executor=cfg.executor, ray_config=cfg.ray)
@@ -179,6 +195,7 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
 def shard_counts(prompts: int, candidates: datasets.Dataset) -> dict[str, int]:
     return {"prompts": prompts, "candidates": len(candidates),
             "failed": sum(f is not None for f in candidates["failure"]),
+            "retryable_failures": sum(bool(r) for r in candidates["failure_retryable"]),
             "tokens": sum(candidates["num_tokens"]),
             **{f"finish_{k}": v for k, v in Counter(candidates["finish_reason"]).items()}}
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from rlaif.config import JudgeConfig, PipelineConfig, config_hash
 from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
+from rlaif.engines import resolve_model
 from rlaif.functions import load_function
 from rlaif.judges import CandidateItem, build_judge
 from rlaif.judges.prompting import judge_template
@@ -156,13 +157,14 @@ def summarise(directory, kind: str, seconds: float) -> dict:
 
 
 def run_judge(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False, progress: bool = True,
-              engine=None) -> StageManifest:
+              engine=None, record: bool = False) -> StageManifest:
     """Run the judge stage into `run/iter-K/judge/`, resuming finished shards.
 
     `engine`: an engine the caller owns and keeps (local executor), instead of loading `judge.model`.
     """
     plan = partial(judge_plan, cfg, engine=engine, run=run, iteration=iteration, overwrite=overwrite)
-    return run_sharded("judge", run, iteration, plan, after="generate", overwrite=overwrite, progress=progress)
+    return run_sharded("judge", run, iteration, plan, after="generate", overwrite=overwrite, progress=progress,
+                       record=cfg if record else None)
 
 
 def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None, run: str | None = None, iteration: int = 0,
@@ -174,6 +176,8 @@ def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None, run: str | 
     j = cfg.judge
     candidates = upstream.table("candidates")
     template_sha = None
+    if j.kind != "verifier" and j.engine != "openai" and engine is None and j.model:
+        resolve_model(j.model, "judge.model")  # a bad model name fails here, before the run directory is touched
     if j.kind == "verifier":  # a bad module:function fails here, before the run directory is touched
         load_function(j.verifier, "judge.verifier")
     if j.kind in ("pairwise", "pointwise"):

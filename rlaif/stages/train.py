@@ -24,7 +24,8 @@ from rlaif.engines import resolve_model
 from rlaif.errors import ConfigError, RunError
 from rlaif.inputs import read_prompts
 from rlaif.judges import build_judge
-from rlaif.runs import dump_json, fingerprint_files, iteration_dir, package_versions, previous_policy
+from rlaif.runs import (dump_json, fingerprint_files, iteration_dir, package_versions, previous_policy, record_config,
+                        stage_lock)
 from rlaif.stages.export import load_export
 from rlaif.train.common import (ChecksumCallback, ProgressCallback, TrainResult, checkpoint_problem, read_meta,
                                 save_final, summarise, timed_train)
@@ -111,14 +112,14 @@ def _fingerprint(path: Path) -> str:
 
 
 def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None, iteration: int = 0,
-              overwrite: bool = False, progress: bool = True, judge=None, target: Path | None = None) -> TrainResult:
+              overwrite: bool = False, progress: bool = True, judge=None, target: Path | None = None,
+              record: bool = False) -> TrainResult:
     """Train `method` on this iteration's export; resume from the last checkpoint; save the final one.
 
-    `target` saves the checkpoint elsewhere than iter-K/policy (e.g. the loop's SFT control).
+    `target` saves the checkpoint elsewhere than iter-K/policy (e.g. the loop's SFT control). One
+    training writes into an iteration at a time (a lock on iter-K/train/). `record` writes the config
+    to RUN/pipeline.yaml once these settings are accepted (the CLI does).
     """
-    from transformers import AutoTokenizer, set_seed
-    from transformers.trainer_callback import PrinterCallback
-
     t = cfg.train
     method = method or t.method
     if method not in METHODS:
@@ -151,6 +152,20 @@ def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None
                        "pass --overwrite to replace it, or train into another iteration (--iteration)")
 
     work = it_dir / "train" / (method if target == target_dir(run, iteration, method) else f"{method}-{target.name}")
+    with stage_lock(it_dir / "train"):  # the settings are checked: from here on this process writes
+        return _fit(cfg, run, iteration, method, base, train, eval_set, export_path, settings, digest, work, target,
+                    overwrite=overwrite, progress=progress, judge=judge, record=record)
+
+
+def _fit(cfg: PipelineConfig, run, iteration: int, method: str, base: str, train, eval_set, export_path: Path,
+         settings: dict, digest: str, work: Path, target: Path, *, overwrite: bool, progress: bool, judge,
+         record: bool) -> TrainResult:
+    """Train in `work` (resuming its last intact checkpoint) and save the final checkpoint into `target`."""
+    from transformers import AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    t = cfg.train
+    seed = settings["seed"]
     stored = work / "settings.json"
     if overwrite and work.exists():
         shutil.rmtree(work)
@@ -164,6 +179,8 @@ def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None
         shutil.rmtree(work)  # nothing resumable: stale logs of an earlier attempt go
     work.mkdir(parents=True, exist_ok=True)
     dump_json(stored, {"config_hash": digest, **settings})
+    if record:
+        record_config(cfg, run)
     if resume:
         log.info("train: resuming %s from %s", method, resume)
 

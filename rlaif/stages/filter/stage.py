@@ -236,10 +236,10 @@ def _read(path: Path) -> datasets.Dataset | None:
 
 
 def run_filter(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False,
-               progress: bool = True) -> StageManifest:
+               progress: bool = True, record: bool = False) -> StageManifest:
     """Filter the judge stage of `run/iter-K` into `iter-K/filter/`, one output shard per judge shard."""
     return run_sharded("filter", run, iteration, partial(filter_plan, cfg), after="judge", overwrite=overwrite,
-                       progress=progress)
+                       progress=progress, record=cfg if record else None)
 
 
 def filter_plan(cfg: PipelineConfig, upstream: Upstream) -> ShardPlan:
