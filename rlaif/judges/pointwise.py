@@ -11,7 +11,7 @@ from __future__ import annotations
 from rlaif.engines import Engine
 from rlaif.judges.base import CandidateItem, Provenance, Score, question_of
 from rlaif.judges.parsing import ask_for_verdicts, normalise
-from rlaif.judges.prompting import judge_template, render, verdict_tokens
+from rlaif.judges.prompting import judge_template, render, require_single_tokens, verdict_tokens
 
 
 class PointwiseJudge:
@@ -33,6 +33,8 @@ class PointwiseJudge:
             from rlaif.errors import ConfigError
 
             raise ConfigError(f"field 'judge.verdict_tokens': rubric scores must be numbers, got {self.verdicts}") from None
+        if mode == "logprobs":
+            require_single_tokens(self.template, self.verdicts, engine)
         self.aspects = list(aspects or [None])
         self.mode, self.delimiters = mode, delimiters
         self.max_new_tokens, self.parse_retries, self.seed = max_new_tokens, parse_retries, seed
