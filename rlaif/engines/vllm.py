@@ -6,7 +6,9 @@ Why it looks like this:
 - A shard is one `LLM.generate` call; `n` samples share one `SamplingParams`, so the prompt is
   prefilled once. Greedy requests decode once and are copied n times.
 - Each request gets its own seed (shard seed and position), so a shard regenerated after a
-  crash is identical to the one the full run wrote.
+  crash is identical to the one the full run wrote. On CPU, chunked prefill is off: vLLM rewinds
+  a seeded request's generator after a partial prefill with a call only CUDA generators support
+  (`CPU Generator does not use offset` kills the engine); whole prefills never need the rewind.
 - `score` reads `prompt_logprobs` of prompt + continuation; `next_token_logprobs` generates one
   token with `logprobs` (top k) or `logprob_token_ids` (the requested tokens). No decoding.
 - vLLM runs its engine core in a spawned process: `close()` shuts it down and waits for it, so
@@ -55,6 +57,8 @@ class VLLMEngine(LocalTokenizer):
         before = {p.pid for p in multiprocessing.active_children()}
         kwargs = dict(dtype=dtype, max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
                       gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager)
+        if _on_cpu():
+            kwargs["enable_chunked_prefill"] = False  # seeded sampling on CPU (see the module docstring)
         kwargs.update(engine_kwargs or {})
         try:
             self.llm = vllm.LLM(model, **kwargs)

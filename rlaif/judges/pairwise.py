@@ -14,7 +14,7 @@ import logging
 from rlaif.engines import Engine, GenerationRequest
 from rlaif.judges.base import PairItem, Provenance, combine, question_of
 from rlaif.judges.parsing import ask_for_verdicts, normalise
-from rlaif.judges.prompting import judge_template, render, verdict_tokens
+from rlaif.judges.prompting import judge_template, render, require_single_tokens, verdict_tokens
 from rlaif.records import Judgment, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class PairwiseJudge:
         self.engine = engine
         self.template = judge_template(template)
         self.verdicts = verdict_tokens(self.template, verdicts, ["1", "2"])[:2]
+        if mode != "text":
+            require_single_tokens(self.template, self.verdicts, engine)
         self.mode, self.tie_band, self.delimiters = mode, tie_band, delimiters
         self.max_new_tokens, self.cot_max_new_tokens = max_new_tokens, cot_max_new_tokens
         self.parse_retries, self.seed = parse_retries, seed

@@ -12,7 +12,7 @@ from rlaif.engines import Engine
 from rlaif.errors import ConfigError
 from rlaif.judges.base import CandidateItem, Provenance, Score, question_of
 from rlaif.judges.parsing import ask_for_verdicts, normalise
-from rlaif.judges.prompting import judge_template, render, verdict_tokens
+from rlaif.judges.prompting import judge_template, render, require_single_tokens, verdict_tokens
 
 
 class PointwiseJudge:
@@ -30,6 +30,8 @@ class PointwiseJudge:
             self.values = [float(v) for v in self.verdicts]
         except ValueError:
             raise ConfigError(f"field 'judge.verdict_tokens': rubric scores must be numbers, got {self.verdicts}") from None
+        if mode == "logprobs":
+            require_single_tokens(self.template, self.verdicts, engine)
         self.aspects = list(aspects or [None])
         self.mode, self.delimiters = mode, delimiters
         self.max_new_tokens, self.parse_retries, self.seed = max_new_tokens, parse_retries, seed

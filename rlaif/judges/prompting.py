@@ -36,6 +36,24 @@ def verdict_tokens(template: Template, override: list[str] | None, default: list
     return tokens
 
 
+def require_single_tokens(template: Template, verdicts: list[str], engine) -> None:
+    """Refuse, when the judge is built, verdicts its model's tokenizer splits: log-prob judges read one token.
+
+    Engines without a local tokenizer (a remote server) match the server's top log-probs by text instead.
+    """
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is None:
+        return
+    for verdict in verdicts:
+        ids = tokenizer(verdict, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            pieces = " + ".join(repr(tokenizer.decode([i])) for i in ids)
+            raise ConfigError(f"field 'judge.verdict_tokens': template {template.name!r} ({template.path}): verdict "
+                              f"{verdict!r} is {len(ids)} tokens ({pieces}) for model {engine.model_id!r}; log-prob "
+                              "verdicts must be single tokens of the judge model's vocabulary: declare other verdicts, "
+                              "or use mode 'text'")
+
+
 def delimiter_tag(texts: list[str], mode: str = "nonce") -> str:
     """A tag that occurs in none of `texts` (nonce mode), or the constant baseline tag."""
     if mode == "fixed":
