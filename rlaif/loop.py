@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.config import PipelineConfig
+from rlaif.diagnosis import explain_gate_stop
 from rlaif.errors import RunError
 from rlaif.runs import dump_json, iteration_dir, now
 
@@ -114,6 +115,9 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
             state.iterations.append(record)
             waiting = gate.get("waiting")
             state.status, state.stop_reason = ("waiting-for-review" if waiting else "stopped"), gate["message"]
+            if not waiting:  # name the filter that took the pairs and both models' accuracy
+                policy = state.iterations[-2].get("metrics") or {} if k else state.baseline
+                state.stop_reason = explain_gate_stop(c, record, policy, state.judge_quality)
             break
         _timed(times, "export", run_export, c, str(run), iteration=k)
         if c.train.method is None:  # a dataset-generation pipeline: the export is the product
