@@ -4,7 +4,9 @@ Floating-point detail moves a training run; the toy recipe trains toward behavio
 build lands in its bands anyway. This builds the world once per cell, each in a fresh subprocess
 with its own throwaway cache (`ATEN_CPU_CAPABILITY` picks torch's kernels, `OMP_NUM_THREADS` its
 threads; a CPU without AVX-512 falls back, so the capability column is the one torch reports using),
-then prints one row per build and whether every accuracy is inside its band. Rerunning with the same
+then prints one row per build and whether every accuracy is inside its band. Idle OpenMP threads
+sleep rather than spin (`OMP_WAIT_POLICY=PASSIVE`, unless set): the same arithmetic, and on a CPU
+shared with other work, 2-thread builds ten times faster. Rerunning with the same
 --cache reuses finished cells. Writes bench/results/toy_worlds.json.
 
     .venv/bin/python bench/toy_worlds.py [--seeds 0 1 2 3 4] [--kernels default avx2 avx512] [--threads 1 2]
@@ -36,7 +38,8 @@ def cell_cache(cache: Path, kernel: str, threads: int) -> Path:
 
 def build_cell(cache: Path, seed: int, kernel: str, threads: int) -> dict:
     """Build one world in a subprocess (kernels and threads are fixed when torch starts); its metadata."""
-    env = {**os.environ, "RLAIF_CACHE": str(cell_cache(cache, kernel, threads)), "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "RLAIF_CACHE": str(cell_cache(cache, kernel, threads)), "OMP_NUM_THREADS": str(threads),
+           "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     env.pop("ATEN_CPU_CAPABILITY", None)
     if kernel != "default":
         env["ATEN_CPU_CAPABILITY"] = kernel

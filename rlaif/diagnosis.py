@@ -7,23 +7,23 @@ user needs to hear that the filter kept 2 pairs because 2,993 prompts had no can
 
 from __future__ import annotations
 
-# The setting behind each reason the filter stage records (rlaif.stages.filter).
+# What each reason the filter stage records (rlaif.stages.filter) means, and the setting behind it.
 FILTER_SETTINGS = {
-    "low_quality": "best candidate below filter.min_best_score",
-    "low_margin": "pair margin below filter.min_margin",
-    "tie": "pairs tied (filter.tie_band / filter.score_tie)",
-    "inconsistent": "pairs flipped with the order (filter.drop_inconsistent)",
-    "length_bias": "pairs longer-chosen at a small margin (filter.length_bias)",
-    "too_few_candidates": "prompts with 1 candidate left",
-    "duplicate_prompt": "duplicate prompts (filter.dedup_prompts)",
-    "duplicate_response": "duplicate candidates (filter.dedup_responses)",
-    "generation_failure": "generation failures (filter.drop_failures)",
-    "judge_failure": "judge failures (filter.drop_failures)",
-    "truncated": "truncated candidates (filter.drop_truncated)",
+    "low_quality": "prompts whose best candidate is below filter.min_best_score",
+    "low_margin": "pairs whose margin is below filter.min_margin",
+    "tie": "pairs tied (filter.tie_band, filter.score_tie)",
+    "inconsistent": "pairs whose verdict flips with the order (filter.drop_inconsistent)",
+    "length_bias": "pairs whose chosen is much longer at a small margin (filter.length_bias)",
+    "too_few_candidates": "prompts with 1 candidate left after the filters",
+    "duplicate_prompt": "prompts duplicating an earlier one (filter.dedup_prompts)",
+    "duplicate_response": "candidates duplicating a better one of the same prompt (filter.dedup_responses)",
+    "generation_failure": "candidates that failed to generate (filter.drop_failures)",
+    "judge_failure": "candidates or comparisons the judge failed on (filter.drop_failures)",
+    "truncated": "candidates cut at max_new_tokens (filter.drop_truncated)",
     "empty": "empty candidates (filter.drop_empty)",
-    "degenerate": "degenerate candidates (filter.drop_degenerate)",
+    "degenerate": "repetitive candidates (filter.drop_degenerate)",
 }
-LEVELS = {"low_quality": "prompts", "too_few_candidates": "prompts", "duplicate_prompt": "prompts"}
+THRESHOLDS = {"low_quality": "min_best_score", "low_margin": "min_margin"}
 
 
 def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: dict) -> str:
@@ -36,8 +36,8 @@ def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: di
     summary = (record.get("stages", {}).get("filter") or {}).get("summary") or {}
     if summary:
         drops = {k.removeprefix("dropped."): v for k, v in summary.items() if k.startswith("dropped.") and v}
-        named = [f"{n:,} {LEVELS.get(reason, 'rows')} with {FILTER_SETTINGS.get(reason, reason)}"
-                 + _threshold(cfg, reason) for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])]
+        named = [f"{n:,} {FILTER_SETTINGS.get(reason, reason)}" + _threshold(cfg, reason)
+                 for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])]
         parts.append(f"{summary.get('pairs', 0):,} pairs kept from {summary.get('prompts', 0):,} prompts"
                      + (": dropped " + "; ".join(named) if named else ""))
     models = _models(cfg, policy_quality, judge_quality)
@@ -47,7 +47,7 @@ def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: di
 
 
 def _threshold(cfg, reason: str) -> str:
-    field = {"low_quality": "min_best_score", "low_margin": "min_margin"}.get(reason)
+    field = THRESHOLDS.get(reason)
     value = getattr(cfg.filter, field) if field else None
     return f" = {value}" if value is not None else ""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from rlaif.config import PipelineConfig
 from rlaif.diagnosis import explain_gate_stop
 from rlaif.errors import RunError
-from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.runs import dump_json, iteration_dir, now, read_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,11 @@ def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
     from rlaif.review.gate import check_gate
     from rlaif.stages.review import open_review, review_stats, simulate_review
 
+    kept = read_manifest(stage_dir(run, "filter", k)).summary.get("pairs")
+    if kept == 0:  # nothing to sample, review or train on: a failed gate, which the stop explains
+        return {"passed": False, "waiting": False, "reviewed": 0, "agreement": None, "ci95": None,
+                "simulated": cfg.review.reviewer == "simulated",
+                "message": f"review gate failed for {run} iter-{k:03d}: the filter kept no pairs to review"}
     if cfg.review.reviewer == "simulated":
         simulate_review(cfg, str(run), k)
     else:
@@ -193,8 +198,6 @@ def _control(cfg: PipelineConfig, run: Path, k: int, progress: bool) -> dict:
 
 def _stage_figures(run: Path, k: int) -> dict:
     """Each stage's manifest summary, for the report."""
-    from rlaif.runs import read_manifest
-
     out = {}
     for stage in ("generate", "judge", "filter", "review"):
         directory = iteration_dir(run, k) / stage

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from rlaif.errors import RunError
+from rlaif.errors import ConfigError, RunError
 from rlaif.sources import cache_root
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,12 @@ class ToyRecipe:
     Optimisation: AdamW (`beta2`), linear warmup over `warmup_steps`, gradient norm clipped to
     `grad_clip`, `lr` held until the policy snapshot, then decayed linearly over `decay_steps` to
     `final_lr_fraction` of it (the decay is what carries the model from imperfect to strong).
-    Targets: the policy is snapshotted at the first evaluation (every `eval_every` steps) whose
-    validation accuracy reaches `policy_at`; if it jumped past `policy_at_most` since the previous
-    evaluation, training goes back there and walks forward evaluating every step. The judge is
-    snapshotted at the first evaluation (every `judge_eval_every` steps) at or above `judge_target`.
+    Policy: validation accuracy is checked every `eval_every` steps; from `approach_from` on, the
+    rise toward the policy is sharp (a few points per step), so training slows to
+    `approach_lr_fraction` of `lr` and checks every step, and the policy is the first step at or
+    above `policy_at`. A rise that passed `policy_at` between two checks is walked again, the
+    same way, from the check before it.
+    Judge: checked every `judge_eval_every` steps; the first at or above `judge_target`.
     More than `max_steps` steps is an error.
     """
 
@@ -86,8 +88,9 @@ class ToyRecipe:
     decay_steps: int = 800
     final_lr_fraction: float = 0.05
     eval_every: int = 25
+    approach_from: float = 0.15
+    approach_lr_fraction: float = 0.25
     policy_at: float = 0.375
-    policy_at_most: float = 0.40
     judge_eval_every: int = 50
     judge_target: float = 0.95
     max_steps: int = 6000
@@ -233,12 +236,12 @@ def greedy_accuracy(model, tok, pairs, batch_size: int = 500, sample: bool = Fal
 # ---------------------------------------------------------------- training toward the targets
 
 
-def lr_at(step: int, recipe: ToyRecipe, policy_step: int | None) -> float:
-    """Warmup, then `lr` held until the policy snapshot, then a linear decay over `decay_steps`."""
+def lr_at(step: int, recipe: ToyRecipe, policy_step: int | None, approaching: bool = False) -> float:
+    """Warmup, `lr` until the policy snapshot (slowed while approaching it), then a linear decay."""
     if step < recipe.warmup_steps:
         return recipe.lr * (step + 1) / recipe.warmup_steps
     if policy_step is None or step <= policy_step:
-        return recipe.lr
+        return recipe.lr * (recipe.approach_lr_fraction if approaching else 1.0)
     frac = min(1.0, (step - policy_step) / recipe.decay_steps)
     return recipe.lr * (1 - frac * (1 - recipe.final_lr_fraction))
 
@@ -302,35 +305,34 @@ def train_toward_targets(model, tok, recipe: ToyRecipe, split: dict, on_snapshot
                  grad_clip=recipe.grad_clip)
     validation = split["validation"]
     t0 = time.perf_counter()
-    policy_step, every, before, loss, acc = None, recipe.eval_every, None, float("nan"), float("nan")
+    policy_step, approaching, before, loss, acc = None, False, None, float("nan"), float("nan")
     while t.step < recipe.max_steps:
-        loss = t.train_step(lr_at(t.step, recipe, policy_step))
-        cadence = every if policy_step is None else recipe.judge_eval_every
+        loss = t.train_step(lr_at(t.step, recipe, policy_step, approaching))
+        cadence = 1 if approaching else recipe.eval_every if policy_step is None else recipe.judge_eval_every
         if t.step % cadence:
             continue
         acc = greedy_accuracy(model, tok, validation)
-        if progress and (t.step % 100 == 0 or every == 1):
-            rate = t.step / (time.perf_counter() - t0)
-            goal = (f"policy at {recipe.policy_at:.3f}" if policy_step is None else f"judge at {recipe.judge_target:.2f}")
+        if progress and (t.step % 100 == 0 or approaching):
+            goal = f"policy at {recipe.policy_at:.3f}" if policy_step is None else f"judge at {recipe.judge_target:.2f}"
             log.info("toy SFT step %d (cap %d): loss %.3f, validation greedy accuracy %.3f, training toward the %s "
-                     "(%.1f steps/s)", t.step, recipe.max_steps, loss, acc, goal, rate)
-        if policy_step is None:
-            if acc < recipe.policy_at:
-                before = t.state() if every > 1 else before
+                     "(%.1f steps/s)", t.step, recipe.max_steps, loss, acc, goal, t.step / (time.perf_counter() - t0))
+        if policy_step is None and not approaching:
+            if acc < recipe.approach_from:
+                before = t.state()
                 continue
-            if acc > recipe.policy_at_most and every > 1 and before is not None:
-                log.info("toy SFT: validation accuracy jumped to %.3f by step %d; walking forward from step %d one "
-                         "step at a time", acc, t.step, before[0])
+            if acc >= recipe.policy_at and before is not None:  # passed the target between two checks: again
                 t.restore(before)
-                every = 1
-                continue
+            approaching = True
+            log.info("toy SFT: approaching the policy from step %d: lr x %s, validation checked every step", t.step,
+                     recipe.approach_lr_fraction)
+        elif policy_step is None and acc >= recipe.policy_at:
             if acc > recipe.policy_band[1]:
                 raise RunError(f"toy world {toy_dir(recipe).name}: the policy's validation greedy accuracy jumped "
-                               f"from below {recipe.policy_at} to {acc:.3f} (step {t.step}), past its band "
-                               f"{list(recipe.policy_band)}: no imperfect policy to snapshot ({_where()})")
-            policy_step = t.step
+                               f"from below {recipe.policy_at} to {acc:.3f} in one step (step {t.step}), past its "
+                               f"band {list(recipe.policy_band)}: no imperfect policy to snapshot ({_where()})")
+            policy_step, approaching = t.step, False
             on_snapshot("policy", t.step, acc)
-        elif acc >= recipe.judge_target:
+        elif policy_step is not None and acc >= recipe.judge_target:
             on_snapshot("judge", t.step, acc)
             return
     reached = "the policy" if policy_step is None else "the judge"
@@ -404,8 +406,6 @@ def resolve(name: str) -> str:
     lookup = {"policy": "policy", "judge": "judge", "train": "prompts-train", "test": "prompts-test",
               "biased-judge": "biased-judge"}
     if key not in lookup:
-        from rlaif.errors import ConfigError
-
         raise ConfigError(f"{name!r}: unknown toy name; expected one of " + ", ".join(f"toy:{k}" for k in lookup))
     return str(build()[lookup[key]])
 
@@ -429,7 +429,7 @@ def describe(paths: dict[str, Path]) -> str:
         lines.append(f"{meta['name']:<7} step {meta['step']:>5}  greedy accuracy: validation {v['greedy_accuracy']:.3f} "
                      f"(n {v['n']}), toy:test {t['greedy_accuracy']:.3f} (n {t['n']}); band [{lo:.2f}, {hi:.2f}]"
                      + ("" if inside else "  OUTSIDE ITS BAND"))
-    if "biased-judge" in paths:
+    if paths.get("biased-judge") and (paths["biased-judge"] / "toy.json").exists():
         biased = metadata_of(paths["biased-judge"])
         lines.append(f"biased-judge: answers \"1\" on {biased['first_slot_rate']:.2f} of held-out pairwise prompts")
     return "\n".join(lines)
@@ -447,11 +447,11 @@ def build_position_biased(root: Path, policy: Path, recipe: ToyRecipe = ToyRecip
     answers in random slots) whose target is always "1". Seconds to build; cached beside the others.
     The build checks it on held-out prompts: "1" must be its greedy verdict in both orders.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = root / "biased-judge"
     if path.exists() and not force:
         return path
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(policy)
     model = AutoModelForCausalLM.from_pretrained(policy)
