@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.config import PipelineConfig, load_config
+from rlaif.diagnosis import explain_gate_stop
+from rlaif.errors import RunError
 from rlaif.report import write_report
 from rlaif.review.gate import check_gate
-from rlaif.runs import LOOP_MANIFEST, dump_json, iteration_dir, load_state, now, previous_policy, read_manifest
+from rlaif.runs import (LOOP_MANIFEST, dump_json, iteration_dir, load_state, now, previous_policy, read_manifest,
+                        stage_dir)
 from rlaif.stages.evaluate import policy_accuracy, run_evaluate
 from rlaif.stages.export import run_export
 from rlaif.stages.filter import run_filter
@@ -105,6 +108,9 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
             state.iterations.append(record)
             waiting = gate.get("waiting")
             state.status, state.stop_reason = ("waiting-for-review" if waiting else "stopped"), gate["message"]
+            if not waiting:  # name the filter that took the pairs and both models' accuracy
+                policy = state.iterations[-2].get("metrics") or {} if k else state.baseline
+                state.stop_reason = explain_gate_stop(c, record, policy, state.judge_quality)
             break
         _timed(times, "export", run_export, c, str(run), iteration=k)
         if c.train.method is None:  # a dataset-generation pipeline: the export is the product
@@ -142,6 +148,11 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
 
 def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
     """Simulated reviewers answer at once; human reviewers make the loop wait until the gate's minimum is met."""
+    kept = read_manifest(stage_dir(run, "filter", k)).summary.get("pairs")
+    if kept == 0:  # nothing to sample, review or train on: a failed gate, which the stop explains
+        return {"passed": False, "waiting": False, "reviewed": 0, "agreement": None, "ci95": None,
+                "simulated": cfg.review.reviewer == "simulated",
+                "message": f"review gate failed for {run} iter-{k:03d}: the filter kept no pairs to review"}
     if cfg.review.reviewer == "simulated":
         simulate_review(cfg, str(run), k)
     else:

@@ -18,6 +18,8 @@ from conftest import REPO, RLAIF
 from review_support import pair_row, toy_pairs, write_pairs
 
 import playwright.sync_api as playwright_api  # installed by scripts/install.sh --dev; a missing browser stack must fail, not skip
+
+pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"
 XSS = ["<script>window.pwned=1</script>", "<img src=x onerror=window.pwned=1>",
