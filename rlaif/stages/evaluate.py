@@ -17,6 +17,7 @@ import datasets
 
 from rlaif.config import EvaluateConfig, PipelineConfig
 from rlaif.engines import GenerationRequest, resolve_model
+from rlaif.engines.vllm import VLLMEngine
 from rlaif.errors import ConfigError
 from rlaif.functions import load_function
 from rlaif.inputs import read_prompts
@@ -186,8 +187,6 @@ def _policy_paths(cfg: PipelineConfig, run: str | Path, iteration: int) -> tuple
 
 def _engine(path: str, e: EvaluateConfig):
     if e.engine == "vllm":
-        from rlaif.engines.vllm import VLLMEngine
-
         return VLLMEngine(path, dtype=e.dtype, engine_kwargs=e.engine_kwargs)
     from rlaif.engines.transformers import TransformersEngine
 
