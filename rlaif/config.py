@@ -241,6 +241,13 @@ class EvaluateConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="Sequences per forward pass.")
     device: str = Field("auto", description="auto | cpu | cuda.")
     dtype: DTYPE = Field("auto", description="auto | float32 | bfloat16 | float16.")
+    engine: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Engine of the held-out answers: transformers | vllm (much faster on real models).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vllm: passed to vllm.LLM as is (e.g. "
+                                          "max_model_len, enforce_eager).")
+    held_out_categories: list[str] = Field(default_factory=list, description="Categories the training data never "
+                                           "shows (e.g. constraint types): their pass rate is also reported apart "
+                                           "from the others'.")
 
 
 class JudgeConfig(EngineBlock):

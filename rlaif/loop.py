@@ -89,7 +89,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     if cfg.evaluate.checker and not state.baseline:
         state.baseline = policy_accuracy(cfg, cfg.generate.model, "generate.model")
     if cfg.evaluate.checker and L.report_judge_accuracy and not state.judge_quality and cfg.judge.model:
-        state.judge_quality = policy_accuracy(cfg, cfg.judge.model, "judge.model")
+        same = cfg.judge.model == cfg.generate.model  # a policy judging itself: its rate as a policy is the baseline
+        state.judge_quality = state.baseline if same else policy_accuracy(cfg, cfg.judge.model, "judge.model")
     best_value = _metric(state.baseline, L.metric)
     state.best_policy = cfg.generate.model
     stale = 0

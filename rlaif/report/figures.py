@@ -125,6 +125,24 @@ def exit_code(state: dict) -> int:
     return 0
 
 
+def category_table(state: dict, key: str = "greedy_accuracy") -> tuple[list[str], list[list]]:
+    """The checked rate per category (and per seen / held-out split of the categories), for the start, each
+    iteration's policy and its control: headers, then one row per category, each cell a rate with its interval."""
+    figures = [("start", state.get("baseline") or {})]
+    for it in state["iterations"]:
+        figures.append((f"after iter {it['iteration']}", it.get("metrics") or {}))
+        if it.get("control"):
+            figures.append((f"control, iter {it['iteration']}", it["control"]))
+    flat = [(name, {"all": f[key], **f[key].get("by_split", {}), **f[key].get("by_category", {})})
+            for name, f in figures if isinstance(f.get(key), dict)]
+    if not any(f[key].get("by_category") for _, f in figures if isinstance(f.get(key), dict)):
+        return [], []
+    names = list(dict.fromkeys(n for _, groups in flat for n in groups))
+    rows = [[n, *(with_ci(groups, n) + f" n={groups[n]['n']}" if n in groups else "–" for _, groups in flat)]
+            for n in names]
+    return ["category", *(name for name, _ in flat)], rows
+
+
 API_HEADERS = ["iter", "stage", "model", "answers paid", "ledger hits", "input tokens", "output tokens",
                "via Batch API", "cost (USD)"]
 

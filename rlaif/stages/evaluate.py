@@ -17,6 +17,7 @@ import datasets
 
 from rlaif.config import EvaluateConfig, PipelineConfig
 from rlaif.engines import GenerationRequest, resolve_model
+from rlaif.engines.vllm import VLLMEngine
 from rlaif.errors import ConfigError
 from rlaif.functions import load_function
 from rlaif.inputs import read_prompts
@@ -80,8 +81,10 @@ def passed(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_c
     return [[next(flat) for _ in texts] for texts in outs]
 
 
-def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str) -> dict:
-    """Share of answers that pass, with a 95% Wilson interval; `by_category` too where prompts have a category."""
+def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str,
+             held_out: list[str] = ()) -> dict:
+    """Share of answers that pass, with a 95% Wilson interval; `by_category` too where prompts have a category,
+    and, with `held_out` categories, `by_split`: the categories training never showed apart from the others."""
     ok = passed(checker, prompts, outs, solution_column)
     result = proportion(sum(map(sum, ok)), sum(map(len, ok)))
     if "category" in prompts.column_names:
@@ -89,15 +92,19 @@ def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution
         for category, row in zip(prompts["category"], ok):
             groups.setdefault(str(category), []).extend(row)
         result["by_category"] = {c: proportion(sum(g), len(g)) for c, g in sorted(groups.items())}
+        if held_out:
+            split = {"held-out categories": [x for c, g in groups.items() if c in held_out for x in g],
+                     "seen categories": [x for c, g in groups.items() if c not in held_out for x in g]}
+            result["by_split"] = {name: proportion(sum(g), len(g)) for name, g in split.items()}
     return result
 
 
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
-                     n: int = 1, max_new_tokens: int = 32, seed: int = 0) -> dict:
+                     n: int = 1, max_new_tokens: int = 32, seed: int = 0, held_out: list[str] = ()) -> dict:
     """Share of answers the checker accepts, with a 95% Wilson interval over all answers."""
     check_columns(checker, prompts, solution_column)
     outs = answers(engine, prompts, temperature=temperature, n=n, max_new_tokens=max_new_tokens, seed=seed)
-    return accuracy(checker, prompts, outs, solution_column)
+    return accuracy(checker, prompts, outs, solution_column, held_out)
 
 
 def reward_model_accuracy(path: str, pairs: datasets.Dataset, *, batch_size: int = 64, device: str = "auto") -> dict:
@@ -158,7 +165,7 @@ def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.poli
     checker = load_function(e.checker, "evaluate.checker")
     engine = _engine(resolve_model(model, field), e)
     try:
-        gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
+        gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed, held_out=e.held_out_categories)
         return {"model": model,
                 "greedy_accuracy": checked_accuracy(engine, prompts, checker, e.solution_column, **gen),
                 "sampled_accuracy": checked_accuracy(engine, prompts, checker, e.solution_column,
@@ -179,6 +186,8 @@ def _policy_paths(cfg: PipelineConfig, run: str | Path, iteration: int) -> tuple
 
 
 def _engine(path: str, e: EvaluateConfig):
+    if e.engine == "vllm":
+        return VLLMEngine(path, dtype=e.dtype, engine_kwargs=e.engine_kwargs)
     from rlaif.engines.transformers import TransformersEngine
 
     return TransformersEngine(path, device=e.device, dtype=e.dtype, batch_size=e.batch_size)
@@ -195,9 +204,10 @@ def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, ju
     new_engine = _engine(new_path, e) if new_path else None
     if new_engine is not None and e.checker:
         checker = load_function(e.checker, "evaluate.checker")
-        metrics["greedy_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column, **gen)
+        checked = dict(gen, held_out=e.held_out_categories)
+        metrics["greedy_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column, **checked)
         metrics["sampled_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column,
-                                                       temperature=e.temperature, n=e.samples, **gen)
+                                                       temperature=e.temperature, n=e.samples, **checked)
     if new_engine is not None and old_path and e.judge and old_path != new_path:
         if judge is None:
             judge = _judge(cfg, e)
@@ -243,6 +253,7 @@ def summary_rows(metrics: dict) -> dict:
             rows[key] = _with_ci(value)
             if key == "greedy_accuracy":
                 rows.update({f"  {category}": _with_ci(v) for category, v in value.get("by_category", {}).items()})
+                rows.update({f"  {split}": _with_ci(v) for split, v in value.get("by_split", {}).items()})
     return rows
 
 

@@ -12,6 +12,7 @@ work without further setup (docs/tasks.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -24,7 +25,7 @@ from rlaif.tasks.ifeval import verify
 
 TASKS = {"ifeval-lite": ifeval}
 
-__all__ = ["TASKS", "resolve", "verify", "write"]
+__all__ = ["TASKS", "resolve", "verify", "verify_prompted", "write"]
 
 
 def known_names() -> list[str]:
@@ -54,3 +55,17 @@ def resolve(name: str) -> str:
     if task not in TASKS or split not in TASKS[task].SPLITS:
         raise ConfigError(f"{name!r}: unknown task set; expected one of {', '.join(known_names())}")
     return str(write(task)[split])
+
+
+@functools.cache
+def _checks_by_prompt() -> dict[str, tuple[str, str]]:
+    """The user turn of every row of every split -> (constraint, constraint_args)."""
+    return {row["messages"][-1]["content"]: (row["constraint"], row["constraint_args"])
+            for module in TASKS.values() for split in module.SPLITS for row in module.rows(split)}
+
+
+def verify_prompted(completions: list, prompts: list, **_) -> list[float | None]:
+    """`verify`, with each row's constraint looked up from its prompt text: for callers that pass the prompt but
+    not the task's columns (the simulated reviewers of the review stage). An unknown prompt is not applicable."""
+    checks = [_checks_by_prompt().get(p[-1]["content"] if isinstance(p, list) else p, (None, None)) for p in prompts]
+    return verify(completions, [c for c, _ in checks], [a for _, a in checks])
