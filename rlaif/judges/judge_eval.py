@@ -24,7 +24,8 @@ from rlaif.judges.pair_sets import checked_pairs, load_pairs
 from rlaif.judges.prompting import FIXED_TAG
 from rlaif.judges.quality import expected_calibration_error  # noqa: F401  (re-exported)
 from rlaif.report.figures import fmt
-from rlaif.runs import atomic_write_bytes
+from rlaif.report.judge_eval import write
+from rlaif.runs import atomic_write_bytes, load_table, stage_dir
 from rlaif.stats import wilson  # noqa: F401  (re-exported)
 from rlaif.templates import PROMPTS_DIR
 
@@ -130,8 +131,6 @@ def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
 def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, checker: str | None,
                    max_pairs: int | None, seed: int) -> tuple[list[dict], str]:
     """The pairs judge-eval scores and where they came from: a pair-set file, else RUN's candidates and a checker."""
-    from rlaif.runs import load_table, stage_dir
-
     if pairs_file is not None:
         return load_pairs(pairs_file)[:max_pairs], str(pairs_file)
     if run is None or checker is None:
@@ -144,8 +143,6 @@ def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, ch
 def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: Path | None = None) -> dict:
     """Score `pairs` with `judge` (first fitting a calibration on `fit_file`'s pairs, written to
     OUT/calibration.json), write OUT/metrics.json and OUT/report.html; the figures, with the files' paths."""
-    from rlaif.report.judge_eval import write
-
     if fit_file is not None:
         fit_pairs = load_pairs(fit_file)
         calibration.check_disjoint(fit_pairs, pairs, fit_file, source)
