@@ -111,8 +111,9 @@ def test_pair_files_jsonl_and_parquet_carry_messages_categories_and_extra_column
     with pytest.raises(InputError, match=r"bad.parquet record 1: field 'chosen': expected a string"):
         load_pairs(tmp_path / "bad.parquet")
     write_pairs(from_jsonl, tmp_path / "again.parquet")
-    assert [{k: r[k] for k in ("prompt", "chosen", "rejected", "category")} for r in load_pairs(tmp_path / "again.parquet")] \
-        == [{k: r[k] for k in ("prompt", "chosen", "rejected", "category")} for r in from_jsonl]
+    fields = ("prompt", "chosen", "rejected", "category")
+    again = load_pairs(tmp_path / "again.parquet")
+    assert [{k: r[k] for k in fields} for r in again] == [{k: r[k] for k in fields} for r in from_jsonl]
     with pytest.raises(InputError, match="expected .jsonl or .parquet"):
         load_pairs(jsonl(tmp_path / "p.csv", rows))
 
@@ -209,3 +210,15 @@ def test_the_judge_stage_warns_about_a_slot_one_judge_and_records_its_calibratio
     manifest = run_judge(cfg, str(toy_run), progress=False, engine=biased_judge.engine, overwrite=True)
     assert manifest.config["calibration"]["bias"] == fitted.bias
     assert manifest.summary["first_position_rate"] < 0.9 and "warning" not in manifest.summary
+
+
+def test_a_failed_gate_names_the_judges_warning():
+    from rlaif.diagnosis import explain_gate_stop
+
+    warning = quality.flags({"first_position_rate": 1.0, "position_consistency": 0.0})[0]
+    record = {"review": {"message": "review gate failed for runs/x iter-000: agreement below 0.70"},
+              "stages": {"judge": {"summary": {"warning": warning}}, "filter": {"summary": {"pairs": 3, "prompts": 9}}}}
+    text = explain_gate_stop(load_config(), record, {}, {})
+    assert text.startswith("review gate failed") and "the judge stage warned: judge position-biased: first-position " \
+        "rate 1.000 >= 0.9" in text
+    assert "warned" not in explain_gate_stop(load_config(), {**record, "stages": {}}, {}, {})

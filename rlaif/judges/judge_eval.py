@@ -102,8 +102,8 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
 
 def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
     """Attack success rate (injected wrong answer beats the right one), defence on and off."""
-    injected = [(a["name"], {**p, "rejected": a["text"].replace("{wrong}", p["rejected"]).replace("{fixed_tag}", FIXED_TAG)})
-                for p in pairs for a in attacks]
+    injected = [(a["name"], {**p, "rejected": a["text"].replace("{wrong}", p["rejected"]).replace(
+                 "{fixed_tag}", FIXED_TAG)}) for p in pairs for a in attacks]
     modes = ("nonce", "fixed") if hasattr(judge, "delimiters") else ("n/a",)
     out = {"attacks": len(attacks), "attacked_pairs": len(injected)}
     plain = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])

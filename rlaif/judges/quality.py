@@ -116,6 +116,7 @@ def flags(figures: dict) -> list[str]:
     first = figures.get("first_position_rate")
     if first is not None and first >= FIRST_SLOT_LIMIT:
         consistency = figures.get("position_consistency")
+        shown = "n/a" if consistency is None else f"{consistency:.3f}"
         out.append(f"judge position-biased: first-position rate {first:.3f} >= {FIRST_SLOT_LIMIT}, position "
-                   f"consistency {'n/a' if consistency is None else f'{consistency:.3f}'}: slot 1 wins whatever it holds")
+                   f"consistency {shown}: slot 1 wins whatever it holds")
     return out
