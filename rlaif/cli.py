@@ -223,29 +223,54 @@ def judge_(run: Path = _run_arg("iter-K/generate/"), *, opts: StageOptions):
 @app.command("judge-eval")
 @stage_options(JUDGE_EVAL, "config", "sets", "iteration")
 def judge_eval(
-    run: Path = typer.Argument(..., help="Run directory whose iter-K/generate/ candidates give the pairs."),
-    checker: str = typer.Option(..., "--checker", help="The ground truth: module:function with TRL's reward "
-                                "signature (1 = right), e.g. rlaif.toy:accuracy_reward for the toy task."),
-    max_pairs: int = typer.Option(500, "--max-pairs", help="Right-vs-wrong pairs to judge at most."),
+    run: Optional[Path] = typer.Argument(None, help="Run directory whose iter-K/generate/ candidates give the pairs "
+                                         "(with --checker)."),
+    pairs_file: Optional[Path] = typer.Option(None, "--pairs", help="A labelled pair set instead: JSONL or Parquet "
+                                              "with prompt (string or messages), chosen, rejected, optional category."),
+    checker: Optional[str] = typer.Option(None, "--checker", help="The ground truth over RUN: module:function with "
+                                          "TRL's reward signature (1 = right), e.g. rlaif.toy:accuracy_reward."),
+    write_pairs: Optional[Path] = typer.Option(None, "--write-pairs", help="Only write RUN's checked pairs (per "
+                                               "prompt, a passing against each failing candidate) to this .jsonl or "
+                                               ".parquet file, and stop."),
+    fit_calibration: Optional[Path] = typer.Option(None, "--fit-calibration", help="Pairwise: fit a contextual "
+                                                   "calibration on this pair set (disjoint from the scored one), "
+                                                   "write it to OUT/calibration.json and score with it."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where metrics.json and report.html go (default "
+                                       "RUN/iter-K/judge-eval/, or judge-eval/<pairs file name>/)."),
+    max_pairs: int = typer.Option(500, "--max-pairs", help="Pairs to judge at most."),
     injection: bool = typer.Option(True, "--injection/--no-injection", help="Also run the injection suite."),
     attacks: Optional[Path] = typer.Option(None, "--attacks", help="Injection suite YAML (default: "
                                            "prompts/injection/attacks.yaml)."),
     *, opts: StageOptions,
 ):
-    """Measure a judge on right-vs-wrong pairs from RUN's candidates: agreement with the checker (95% interval),
-    position consistency, first-position rate, calibration (ECE) and injection attack success rates."""
+    """Measure a judge on labelled pairs (--pairs FILE, or RUN's candidates and --checker): agreement (95% interval),
+    position consistency, first-position rate, ties, calibration (ECE, reliability diagram), length bias, per
+    category, and injection attack success; write OUT/metrics.json and OUT/report.html; warn about a judge no
+    better than chance or one that nearly always picks slot 1."""
     from rlaif.judges import build_judge
     from rlaif.judges import judge_eval as je
+    from rlaif.judges.pair_sets import checked_pairs, write_pairs as write_pair_set
     from rlaif.runs import load_table, stage_dir
 
     cfg = _config(opts, run)
-    pairs = je.known_pairs(load_table(stage_dir(run, "generate", opts.iteration), "candidates"), checker, max_pairs,
-                           cfg.seed)
+    if write_pairs is not None:
+        if run is None or checker is None:
+            raise ConfigError("--write-pairs needs a RUN directory and --checker module:function")
+        rows = checked_pairs(load_table(stage_dir(run, "generate", opts.iteration), "candidates"), checker,
+                             max_pairs=max_pairs, seed=cfg.seed)
+        typer.echo(f"{len(rows)} pairs written to {write_pair_set(rows, write_pairs)}")
+        return
+    pairs, source = je.labelled_pairs(run, opts.iteration, pairs_file, checker, max_pairs, cfg.seed)
+    default_out = run / f"iter-{opts.iteration:03d}" / "judge-eval" if run else Path("judge-eval") / pairs_file.stem
     judge = build_judge(cfg.judge, seed=cfg.seed)
-    console.print(summary_table(f"judge-eval · {judge.provenance.judge_model}", je.evaluate_judge(judge, pairs, cfg.seed)))
+    figures = je.run_judge_eval(judge, pairs, source, out or default_out, fit_calibration)
+    console.print(summary_table(f"judge-eval · {judge.provenance.judge_model}", je.summary_rows(figures)))
+    for flag in figures["flags"]:
+        typer.echo(f"warning: {flag}", err=True)
     if injection:
         result = je.injection_suite(judge, pairs[:100], je.load_attacks(attacks))
         console.print(summary_table("injection (attack success = injected wrong answer beats the right one)", result))
+    typer.echo(f"report: {figures['files']['report']}", err=True)
 
 
 @app.command("train")

@@ -250,6 +250,17 @@ class EvaluateConfig(StrictModel):
                                            "from the others'.")
 
 
+class VerdictCalibration(StrictModel):
+    """Contextual calibration of a pairwise judge's verdict tokens (Zhao et al. 2021), fitted by
+    `rlaif judge-eval --fit-calibration PAIRS` on pairs disjoint from the ones it is used on."""
+
+    bias: list[float] = Field(min_length=2, max_length=2, description="Subtracted from the renormalised log-probs "
+                              "of the two verdict tokens (slot 1, slot 2) before they are compared.")
+    temperature: float = Field(1.0, gt=0, description="The calibrated log-odds are divided by this.")
+    fitted_on: str | None = Field(None, description="The pair set it was fitted on (path, sha256).")
+    fitted_pairs: int | None = Field(None, ge=0, description="How many pairs it was fitted on.")
+
+
 class JudgeConfig(EngineBlock):
     """The judge stage: candidates in, a `scores` table (and `comparisons` for pairwise judges) out.
 
@@ -288,6 +299,18 @@ class JudgeConfig(EngineBlock):
         "bradley-terry", description="Pairwise: bradley-terry (fitted on the soft preferences) | copeland (wins minus "
         "losses).")
     shard_size: int = Field(64, ge=1, description="Prompts' candidates per Parquet shard (the unit of resume).")
+    calibration: VerdictCalibration | None = Field(None, description="Pairwise, logprobs mode: a fitted verdict "
+                                                   "calibration, inline or the path of the JSON file judge-eval wrote.")
+
+    @field_validator("calibration", mode="before")
+    @classmethod
+    def _calibration_file(cls, value):
+        if isinstance(value, (str, Path)):
+            try:
+                return json.loads(Path(value).read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"{value}: cannot read the calibration file ({e})") from None
+        return value
 
 
 class ReviewConfig(StrictModel):

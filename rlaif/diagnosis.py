@@ -27,12 +27,16 @@ THRESHOLDS = {"low_quality": "min_best_score", "low_margin": "min_margin"}
 
 
 def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: dict) -> str:
-    """One paragraph for a failed review gate: the gate's message, the filter's drops, both models' accuracy.
+    """One paragraph for a failed review gate: the gate's message, the judge's warning, the filter's drops, both
+    models' accuracy.
 
     `record` is the loop's record of the iteration (its filter summary and review), `policy_quality` /
     `judge_quality` the policy's and the judge model's checked accuracy as the loop measured them.
     """
     parts = [record["review"]["message"]]
+    judged = (record.get("stages", {}).get("judge") or {}).get("summary") or {}
+    if judged.get("warning"):  # a position-biased judge's confident-looking pairs are noise
+        parts.append(f"the judge stage warned: {judged['warning']}")
     summary = (record.get("stages", {}).get("filter") or {}).get("summary") or {}
     if summary:
         drops = {k.removeprefix("dropped."): v for k, v in summary.items() if k.startswith("dropped.") and v}

@@ -103,6 +103,15 @@ def _table_records(path: Path, kind: str) -> Iterator[tuple[str, dict]]:
         yield f"{path} record {index}", row
 
 
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, record) of a JSONL or Parquet file, `where` naming the file and its line (JSONL, 1-based) or record."""
+    _check_readable(path)
+    kind = SUFFIXES.get(path.suffix.lower())
+    if kind not in ("jsonl", "parquet"):
+        raise InputError(f"{path}: unsupported file type {path.suffix or '(none)'!r}; expected .jsonl or .parquet")
+    return _jsonl_records(path) if kind == "jsonl" else _table_records(path, kind)
+
+
 def to_messages(where: str, column: str, value) -> list[dict]:
     """A prompt value (a string or a chat message list) as validated chat messages; `where` names the record."""
     if isinstance(value, str) and column == "messages":

@@ -234,7 +234,7 @@ def test_judge_eval_statistics_and_pairs_from_candidates():
             rows.append({"prompt_id": f"p{k}", "prompt": chat(q), "candidate_index": i, "text": t, "failure": None,
                          "solution": r})
     pairs = je.known_pairs(datasets.Dataset.from_list(rows), "rlaif.toy:accuracy_reward")
-    assert len(pairs) == 20 and all(toy.check(p["right"], p["solution"]) and p["wrong"] != p["right"] for p in pairs)
+    assert len(pairs) == 20 and all(toy.check(p["chosen"], p["solution"]) and p["rejected"] != p["chosen"] for p in pairs)
     result = je.evaluate_judge(VerifierJudge("rlaif.toy:accuracy_reward"), pairs)
     assert result["agreement"] == 1.0 and result["failures"] == 0
     attacked = je.injection_suite(VerifierJudge("rlaif.toy:accuracy_reward"), pairs, je.load_attacks())

@@ -15,6 +15,8 @@ __all__ = ["CandidateItem", "PairItem", "PairwiseJudge", "Provenance", "Score", 
 
 def build_judge(cfg, engine=None, seed: int = 0):
     """The judge a `JudgeConfig` names; `engine` reuses an already loaded model (model judges)."""
+    if cfg.calibration is not None and cfg.kind != "pairwise":
+        raise ConfigError(f"field 'judge.calibration' applies to a pairwise judge, not {cfg.kind}")
     if cfg.kind == "verifier":
         return VerifierJudge(cfg.verifier)
     if cfg.kind == "reward-model":
@@ -32,7 +34,8 @@ def build_judge(cfg, engine=None, seed: int = 0):
     if cfg.kind == "pairwise":
         return Pairwise(engine, cfg.template or "pairwise", mode=cfg.mode, verdicts=cfg.verdict_tokens,
                         tie_band=cfg.tie_band, delimiters=cfg.delimiters, max_new_tokens=cfg.max_new_tokens,
-                        cot_max_new_tokens=cfg.cot_max_new_tokens, parse_retries=cfg.parse_retries, seed=seed)
+                        cot_max_new_tokens=cfg.cot_max_new_tokens, parse_retries=cfg.parse_retries, seed=seed,
+                        calibration=cfg.calibration)
     return PointwiseJudge(engine, cfg.template or "additive", mode=cfg.mode, verdicts=cfg.verdict_tokens,
                           aspects=cfg.aspects, delimiters=cfg.delimiters, max_new_tokens=cfg.max_new_tokens,
                           parse_retries=cfg.parse_retries, seed=seed)

@@ -1,9 +1,9 @@
-"""Judge quality, measured: agreement with a checker, position bias, calibration, injection.
+"""Judge quality, measured: a judge over labelled pairs (agreement, position bias, calibration, length
+bias, per category: `rlaif.judges.quality`), and injection.
 
-Pairs with known answers come from a run's candidates and a checker (a verifier function with
-TRL's reward signature, 1 = right): per prompt, the right answer (a right candidate, else the `solution`
-column) against each distinct wrong candidate. Each pair's slots are assigned by a seeded coin so
-that the soft labels can be calibrated against balanced outcomes.
+Labelled pairs come from a pair-set file (`rlaif.judges.pair_sets`) or from a run's candidates and a
+checker (a verifier function with TRL's reward signature, 1 = right): per prompt, the right answer (a
+right candidate, else the `solution` column) against each distinct wrong candidate.
 
 Injection: each attack in `prompts/injection/attacks.yaml` dresses a wrong answer up as an order to
 the judge; the attack succeeds when it wins against the right answer. Measured with the delimiting
@@ -13,91 +13,76 @@ defence on (nonce tags) and off (a fixed, public tag).
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
-import numpy as np
 import yaml
 
-from rlaif.errors import InputError
-from rlaif.functions import load_function
+from rlaif.errors import ConfigError, InputError
+from rlaif.judges import calibration, quality
 from rlaif.judges.base import CandidateItem, PairItem
+from rlaif.judges.pair_sets import checked_pairs, load_pairs
 from rlaif.judges.prompting import FIXED_TAG
-from rlaif.stats import wilson
+from rlaif.judges.quality import expected_calibration_error  # noqa: F401  (re-exported)
+from rlaif.report.figures import fmt
+from rlaif.report.judge_eval import write
+from rlaif.runs import atomic_write_bytes, load_table, stage_dir
+from rlaif.stats import wilson  # noqa: F401  (re-exported)
 from rlaif.templates import PROMPTS_DIR
 
 ATTACKS = PROMPTS_DIR / "injection" / "attacks.yaml"
-
-
-def expected_calibration_error(probs: list[float], outcomes: list[int], bins: int = 10) -> float:
-    p, y = np.asarray(probs, dtype=float), np.asarray(outcomes, dtype=float)
-    edges = np.minimum((p * bins).astype(int), bins - 1)
-    return float(sum(abs(p[edges == b].mean() - y[edges == b].mean()) * (edges == b).sum()
-                     for b in range(bins) if (edges == b).any()) / len(p))
+PAIR_FIELDS = ("prompt_id", "prompt", "chosen", "rejected")
 
 
 def known_pairs(candidates, checker: str, max_pairs: int | None = None, seed: int = 0) -> list[dict]:
-    """[{prompt_id, prompt, right, wrong}] from a candidates table, labelled by the checker."""
-    fn = load_function(checker, "--checker")
-    rows = [r for r in candidates.to_list() if r["failure"] is None]
-    if not rows:
-        raise InputError("no generated candidates to build judge-eval pairs from")
-    extras = [c for c in candidates.column_names if c in ("solution", "answer", "label")]
-    labels = fn(completions=[[{"role": "assistant", "content": r["text"]}] for r in rows],
-                prompts=[r["prompt"] for r in rows], **{c: [r[c] for r in rows] for c in extras})
-    by_prompt: dict[str, dict] = {}
-    for r, ok in zip(rows, labels):
-        g = by_prompt.setdefault(r["prompt_id"], {"prompt": r["prompt"], "right": None, "wrong": [],
-                                                  "solution": r.get("solution")})
-        if ok:
-            g["right"] = g["right"] or r["text"]
-        elif ok is not None and r["text"] not in g["wrong"]:
-            g["wrong"].append(r["text"])
-    pairs = []
-    for pid, g in by_prompt.items():
-        right = g["right"] or g["solution"]
-        pairs += [{"prompt_id": pid, "prompt": g["prompt"], "right": right, "wrong": w, "solution": g["solution"]}
-                  for w in g["wrong"] if right]
-    random.Random(seed).shuffle(pairs)
-    return pairs[:max_pairs] if max_pairs else pairs
+    """Right-vs-wrong pairs of a run's candidates: a right candidate, else the `solution` column, is `chosen`."""
+    return checked_pairs(candidates, checker, use_solution=True, max_pairs=max_pairs, seed=seed)
 
 
 def _preferences(judge, pairs: list[dict], firsts: list[str], seconds: list[str]) -> list[dict]:
-    """P(first > second) per pair, with the order details a pairwise judge gives."""
+    """P(first > second) per pair, with the order details (tie, both orders' verdicts) a pairwise judge gives."""
     if judge.kind == "pairwise":
         items = [PairItem(p["prompt_id"], p["prompt"], 0, 1, a, b) for p, a, b in zip(pairs, firsts, seconds)]
-        return [{"p": j.preference, "consistent": j.consistent, "orders": (j.p_a_first, j.p_b_first)}
-                for j in judge.compare(items)]
-    items = [CandidateItem(p["prompt"], t, {"solution": p.get("solution")}) for p, a, b in zip(pairs, firsts, seconds)
-             for t in (a, b)]
+        return [{"p": j.preference, "tie": bool(j.tie), "consistent": j.consistent,
+                 "firsts": (j.p_a_first, j.p_b_first)} for j in judge.compare(items)]
+    items = [CandidateItem(p["prompt"], t, {c: v for c, v in p.items() if c not in PAIR_FIELDS})
+             for p, a, b in zip(pairs, firsts, seconds) for t in (a, b)]
     scores = judge.score(items)
     out = []
     for k in range(len(pairs)):
         sa, sb = scores[2 * k].score, scores[2 * k + 1].score
-        out.append({"p": None if sa is None or sb is None else 1 / (1 + math.exp(max(-50, min(50, sb - sa))))})
+        p = None if sa is None or sb is None else 1 / (1 + math.exp(max(-50, min(50, sb - sa))))
+        out.append({"p": p, "tie": p == 0.5, "consistent": None, "firsts": None})
     return out
 
 
-def evaluate_judge(judge, pairs: list[dict], seed: int = 0) -> dict:
-    """Agreement (95% interval), position consistency, first-position rate, calibration (ECE)."""
-    coin = random.Random(seed)
-    right_first = [coin.random() < 0.5 for _ in pairs]
-    firsts = [p["right"] if rf else p["wrong"] for p, rf in zip(pairs, right_first)]
-    seconds = [p["wrong"] if rf else p["right"] for p, rf in zip(pairs, right_first)]
-    prefs = _preferences(judge, pairs, firsts, seconds)
-    ok = [(pr["p"], rf) for pr, rf in zip(prefs, right_first) if pr["p"] is not None]
-    agree = sum((p > 0.5) == rf for p, rf in ok if p != 0.5)
-    low, high = wilson(agree, len(ok))
-    out = {"judge_kind": judge.kind, "judge_model": judge.provenance.judge_model, "pairs": len(pairs),
-           "judged": len(ok), "failures": len(pairs) - len(ok), "agreement": round(agree / len(ok), 4) if ok else None,
-           "agreement_ci95": f"{low:.3f} - {high:.3f}", "ties": sum(p == 0.5 for p, _ in ok),
-           "ece": round(expected_calibration_error([p for p, _ in ok], [int(rf) for _, rf in ok]), 4) if ok else None}
-    if judge.kind == "pairwise":
-        valid = [pr for pr in prefs if pr["p"] is not None]
-        orders = [o for pr in valid for o in pr["orders"]]
-        out["position_consistency"] = round(sum(pr["consistent"] for pr in valid) / len(valid), 4) if valid else None
-        out["first_position_rate"] = round(sum(o > 0.5 for o in orders) / len(orders), 4) if orders else None
+def outcomes(judge, pairs: list[dict]) -> list[quality.Outcome]:
+    """Each labelled pair as `judge` sees it (a pairwise judge in both orders, chosen named first)."""
+    prefs = _preferences(judge, pairs, [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
+    return [quality.Outcome(pr["p"], len(p["chosen"]), len(p["rejected"]), tie=pr["tie"], firsts=pr["firsts"],
+                            consistent=pr["consistent"], category=p.get("category")) for p, pr in zip(pairs, prefs)]
+
+
+def evaluate_judge(judge, pairs: list[dict], bins: int = 10) -> dict:
+    """The judge's quality figures on labelled pairs (`rlaif.judges.quality`), overall and per category, and flags."""
+    judged = outcomes(judge, pairs)
+    out = {"judge_kind": judge.kind, "judge_model": judge.provenance.judge_model,
+           **quality.summary(judged, bins), "by_category": quality.by_category(judged, bins)}
+    out["flags"] = quality.flags(out)
     return out
+
+
+def summary_rows(figures: dict) -> dict:
+    """The terminal's table of `evaluate_judge`'s figures: scalars, the interval as text, categories' agreement."""
+    hidden = ("reliability", "by_category", "flags", "agreement_ci95", "calibration", "files")
+    rows = {k: v for k, v in figures.items() if k not in hidden}
+    ci = figures.get("agreement_ci95")
+    rows["agreement_ci95"] = f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else None
+    if figures.get("calibration"):
+        cal = figures["calibration"]
+        rows["calibration"] = f"bias {cal['bias'][0]:.3f} / {cal['bias'][1]:.3f}, temperature {cal['temperature']:.3f}"
+    for name, sub in figures.get("by_category", {}).items():
+        rows[f"  {name}: agreement (pairs)"] = f"{fmt(sub['agreement'])} ({sub['judged']})"
+    return {k: "–" if v is None else v for k, v in rows.items()}
 
 
 def load_attacks(path: str | Path | None = None) -> list[dict]:
@@ -117,11 +102,11 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
 
 def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
     """Attack success rate (injected wrong answer beats the right one), defence on and off."""
-    injected = [(a["name"], {**p, "wrong": a["text"].replace("{wrong}", p["wrong"]).replace("{fixed_tag}", FIXED_TAG)})
-                for p in pairs for a in attacks]
+    injected = [(a["name"], {**p, "rejected": a["text"].replace("{wrong}", p["rejected"]).replace(
+                 "{fixed_tag}", FIXED_TAG)}) for p in pairs for a in attacks]
     modes = ("nonce", "fixed") if hasattr(judge, "delimiters") else ("n/a",)
     out = {"attacks": len(attacks), "attacked_pairs": len(injected)}
-    plain = _preferences(judge, pairs, [p["wrong"] for p in pairs], [p["right"] for p in pairs])
+    plain = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])
     valid = [r["p"] for r in plain if r["p"] is not None]
     out["baseline_wrong_wins"] = round(sum(p > 0.5 for p in valid) / len(valid), 4) if valid else None
     for mode in modes:
@@ -130,7 +115,7 @@ def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
             judge.delimiters = mode
         try:
             ps = [pair for _, pair in injected]
-            res = _preferences(judge, ps, [p["wrong"] for p in ps], [p["right"] for p in ps])
+            res = _preferences(judge, ps, [p["rejected"] for p in ps], [p["chosen"] for p in ps])
         finally:
             if mode != "n/a":
                 judge.delimiters = saved
@@ -141,3 +126,31 @@ def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
             sub = [r["p"] > 0.5 for (n, _), r in zip(injected, res) if n == name and r["p"] is not None]
             out[f"  {name} ({key})"] = round(sum(sub) / len(sub), 4) if sub else None
     return out
+
+
+def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, checker: str | None,
+                   max_pairs: int | None, seed: int) -> tuple[list[dict], str]:
+    """The pairs judge-eval scores and where they came from: a pair-set file, else RUN's candidates and a checker."""
+    if pairs_file is not None:
+        return load_pairs(pairs_file)[:max_pairs], str(pairs_file)
+    if run is None or checker is None:
+        raise ConfigError("judge-eval needs labelled pairs: --pairs FILE, or a RUN directory with --checker "
+                          "module:function")
+    candidates = load_table(stage_dir(run, "generate", iteration), "candidates")
+    return known_pairs(candidates, checker, max_pairs, seed), f"{run} iteration {iteration}, checked by {checker}"
+
+
+def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: Path | None = None) -> dict:
+    """Score `pairs` with `judge` (first fitting a calibration on `fit_file`'s pairs, written to
+    OUT/calibration.json), write OUT/metrics.json and OUT/report.html; the figures, with the files' paths."""
+    if fit_file is not None:
+        fit_pairs = load_pairs(fit_file)
+        calibration.check_disjoint(fit_pairs, pairs, fit_file, source)
+        judge.calibration = calibration.fit(judge, fit_pairs, calibration.file_id(fit_file))
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out / "calibration.json", judge.calibration.model_dump_json(indent=2).encode())
+    figures = evaluate_judge(judge, pairs)
+    cal = getattr(judge, "calibration", None)
+    figures["calibration"] = cal.model_dump() if cal is not None else None
+    paths = write(figures, out, source)
+    return {**figures, "files": {k: str(v) for k, v in paths.items()}}

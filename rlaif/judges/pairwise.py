@@ -5,14 +5,20 @@ verdict tokens after the judge prompt, renormalised over them: a soft label, no 
 RLAIF paper, Lee et al. 2023). `text` mode generates a verdict and parses it strictly, re-asking a
 bounded number of times. `cot` mode generates a rationale first, then reads the verdict-token
 probabilities after "Verdict: ".
+
+A fitted `calibration` (logprobs mode; `rlaif.judges.calibration`) removes a per-slot bias from the
+verdict tokens' log-probs before they are compared.
 """
 
 from __future__ import annotations
 
 import logging
 
+from rlaif.config import VerdictCalibration
 from rlaif.engines import Engine, GenerationRequest
+from rlaif.errors import ConfigError
 from rlaif.judges.base import PairItem, Provenance, combine, question_of
+from rlaif.judges.calibration import renormalised_logprobs, slot_one_probability
 from rlaif.judges.parsing import ask_for_verdicts, normalise
 from rlaif.judges.prompting import judge_template, render, require_single_tokens, verdict_tokens
 from rlaif.records import Judgment, SamplingParams
@@ -25,7 +31,8 @@ class PairwiseJudge:
 
     def __init__(self, engine: Engine, template: str = "pairwise", *, mode: str = "logprobs",
                  verdicts: list[str] | None = None, tie_band: float = 0.05, delimiters: str = "nonce",
-                 max_new_tokens: int = 8, cot_max_new_tokens: int = 256, parse_retries: int = 2, seed: int = 0):
+                 max_new_tokens: int = 8, cot_max_new_tokens: int = 256, parse_retries: int = 2, seed: int = 0,
+                 calibration: VerdictCalibration | None = None):
         self.engine = engine
         self.template = judge_template(template)
         self.verdicts = verdict_tokens(self.template, verdicts, ["1", "2"])[:2]
@@ -34,6 +41,9 @@ class PairwiseJudge:
         self.mode, self.tie_band, self.delimiters = mode, tie_band, delimiters
         self.max_new_tokens, self.cot_max_new_tokens = max_new_tokens, cot_max_new_tokens
         self.parse_retries, self.seed = parse_retries, seed
+        if calibration is not None and mode != "logprobs":
+            raise ConfigError(f"judge.calibration applies to judge.mode logprobs, not {mode!r}")
+        self.calibration = calibration
         self.provenance = Provenance("pairwise", engine.model_id, engine.name, self.template.name,
                                      self.template.sha256)
 
@@ -42,13 +52,23 @@ class PairwiseJudge:
                       response_a=first, response_b=second)
         return [{"role": "user", "content": text}]
 
-    def compare(self, pairs: list[PairItem]) -> list[Judgment]:
-        """Both orders of every pair, batched across pairs (and so across prompts)."""
+    def _chats(self, pairs: list[PairItem]) -> list[list[dict]]:
+        """The judge prompt of each pair in both orders: AB, BA, AB, BA, ..."""
         chats = []
         for p in pairs:
             q = question_of(p.prompt)
             chats += [self.prompt(q, p.text_a, p.text_b, self.mode == "cot"),
                       self.prompt(q, p.text_b, p.text_a, self.mode == "cot")]
+        return chats
+
+    def verdict_logprobs(self, pairs: list[PairItem]) -> list[list[float] | None]:
+        """Uncalibrated log-probs of the verdict tokens, renormalised over them, per order (AB, BA of each pair)."""
+        logprobs = self.engine.next_token_logprobs(self._chats(pairs), tokens=self.verdicts)
+        return [renormalised_logprobs(lp, self.verdicts) for lp in logprobs]
+
+    def compare(self, pairs: list[PairItem]) -> list[Judgment]:
+        """Both orders of every pair, batched across pairs (and so across prompts)."""
+        chats = self._chats(pairs)
         if self.mode == "logprobs":
             firsts, raws, failures = self._soft(chats), [None] * len(chats), [None] * len(chats)
         elif self.mode == "cot":
@@ -68,6 +88,9 @@ class PairwiseJudge:
 
     def _soft(self, prompts: list) -> list[float | None]:
         logprobs = self.engine.next_token_logprobs(prompts, tokens=self.verdicts)
+        if self.calibration is not None:
+            return [None if (lp := renormalised_logprobs(raw, self.verdicts)) is None
+                    else slot_one_probability(lp, self.calibration) for raw in logprobs]
         return [None if (p := normalise(lp, self.verdicts)) is None else p[0] for lp in logprobs]
 
     def _text(self, chats: list) -> tuple[list, list, list]:

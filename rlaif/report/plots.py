@@ -76,3 +76,25 @@ def drops_plot(state: dict) -> str | None:
     ax.set_xticks(xs)
     ax.legend(fontsize=7)
     return _svg(fig)
+
+
+def reliability_plot(bins: list[dict], title: str = "") -> str | None:
+    """A judge's reliability diagram: observed rate against mean predicted probability per bin (the diagonal is
+    perfect calibration), the bars' widths the bins, the counts printed over them."""
+    if not bins:
+        return None
+    fig, ax = _pyplot().subplots(figsize=(4.4, 4.0))
+    ax.bar([b["low"] for b in bins], [b["observed"] for b in bins], width=[b["high"] - b["low"] for b in bins],
+           align="edge", alpha=0.6, edgecolor="#333", label="observed")
+    ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], "o", color="#c33", label="bin mean")
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
+    for b in bins:
+        ax.annotate(str(b["count"]), ((b["low"] + b["high"]) / 2, min(b["observed"] + 0.02, 0.97)), ha="center",
+                    fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("judge's P(answer wins)")
+    ax.set_ylabel("share of those answers that are the better one")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    return _svg(fig)

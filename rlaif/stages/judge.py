@@ -17,7 +17,7 @@ from rlaif.config import JudgeConfig, PipelineConfig, config_hash
 from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
 from rlaif.engines import resolve_model
 from rlaif.functions import load_function
-from rlaif.judges import CandidateItem, build_judge
+from rlaif.judges import CandidateItem, build_judge, quality
 from rlaif.judges.prompting import judge_template
 from rlaif.judges.ranking import rank_groups
 from rlaif.records import (CARRIED_COLUMNS, COMPARISON_FEATURES, JUDGE_FEATURES, PROVENANCE_COLUMNS, SCORE_FEATURES,
@@ -124,7 +124,8 @@ def shard_counts(tables: dict[str, datasets.Dataset]) -> dict[str, int | float]:
 
 
 def summarise(directory, kind: str, seconds: float) -> dict:
-    """The stage summary: throughput, failures, position consistency, first-slot rate, distributions."""
+    """The stage summary: throughput, failures, position consistency, first-slot rate (with a warning when it
+    is at least `quality.FIRST_SLOT_LIMIT`), distributions."""
     scores = load_table(directory, "scores")
     values = np.array([v for v in scores["score"] if v is not None], dtype=float)
     summary: dict = {"judge_kind": kind, "candidates": len(scores), "scored": int(len(values)),
@@ -151,6 +152,11 @@ def summarise(directory, kind: str, seconds: float) -> dict:
             tie_rate=round(sum(comps["tie"][k] for k in ok) / len(ok), 4) if ok else None,
             preference_mean_margin=round(float(np.abs(prefs - 0.5).mean()), 4) if ok else None,
         )
+        warnings = quality.flags(summary)  # no labels here: only the position bias can be seen
+        if warnings:
+            summary["warning"] = "; ".join(warnings)
+            for warning in warnings:
+                log.warning("rlaif judge: %s", warning)
     else:
         summary["judgments_per_s"] = round(len(scores) / seconds, 2) if seconds else None
     return summary

@@ -1,0 +1,44 @@
+"""`rlaif judge-eval`'s outputs: OUT/metrics.json (every figure) and OUT/report.html (the table per
+category and the reliability diagram), both rebuilt whole on every run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jinja2
+
+from rlaif.report.figures import fmt
+from rlaif.report.plots import reliability_plot
+from rlaif.runs import atomic_write_bytes
+
+HEADERS = ["pairs", "judged", "agreement", "agreement_ci95", "tie_rate", "position_consistency",
+           "first_position_rate", "ece", "longer_answer_rate", "length_slope"]
+
+_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("rlaif.report", "templates"),
+                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
+
+
+def cell(row: dict, header: str) -> str:
+    value = row.get(header)
+    if header == "agreement_ci95" and value:
+        return f"{value[0]:.3f} – {value[1]:.3f}"
+    return "n/a" if value is None and header not in row else fmt(value)
+
+
+def render(figures: dict, source: str) -> str:
+    rows = [("all", figures), *figures.get("by_category", {}).items()]
+    title = f"{figures['judge_kind']} · {figures['judge_model']}"
+    return _TEMPLATES.get_template("judge_eval.html").render(
+        figures=figures, source=source, headers=HEADERS, rows=rows, cell=cell, fmt=fmt,
+        plot=reliability_plot(figures.get("reliability") or [], title))
+
+
+def write(figures: dict, out: str | Path, source: str) -> dict[str, Path]:
+    """OUT/metrics.json and OUT/report.html of one judge-eval."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"metrics": out / "metrics.json", "report": out / "report.html"}
+    atomic_write_bytes(paths["metrics"], json.dumps({"pairs_source": source, **figures}, indent=2).encode())
+    atomic_write_bytes(paths["report"], render(figures, source).encode())
+    return paths
