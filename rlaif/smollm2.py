@@ -13,6 +13,7 @@ file is found through the package's installed metadata, never by importing it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from filelock import FileLock
 
 from rlaif import sources
 from rlaif.errors import ConfigError
+from rlaif.progress import StageProgress, console
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +82,11 @@ def checkpoint(key: str) -> Path:
 
 def convert(key: str, gguf: Path, version: str, target: Path) -> None:
     """Dequantize the GGUF file into a float32 checkpoint at `target`, atomically (temp dir, then rename)."""
-    try:
-        import gguf as _gguf  # noqa: F401 - transformers reads GGUF files through it
-    except ImportError:
-        raise ConfigError(f"smollm2:{key} needs the gguf package to convert {gguf.name}: {INSTALL}") from None
+    if importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files through it
+        raise ConfigError(f"smollm2:{key} needs the gguf package to convert {gguf.name}: {INSTALL}")
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlaif.progress import StageProgress, console
 
     console.print(f"smollm2:{key}: converting {gguf.name} ({gguf.stat().st_size / 1e6:.0f} MB, {PACKAGE} {version}) "
                   f"once to a float32 checkpoint in {target} (about a minute)")

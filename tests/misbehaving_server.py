@@ -11,7 +11,8 @@ attempts of that prompt (K omitted: every attempt). KIND is one of
   400        HTTP 400 (the request's own fault: must not be retried)
   nologprobs a normal answer without the `logprobs` field (every attempt)
   n1         one choice whatever `n` asks (a server without n support)
-Every attempt is counted per prompt; GET /stats returns the counts and request times.
+Every attempt is counted per prompt; GET /stats returns the counts, request times and a log of
+the requests answered (prompt, seed, n). `--delay S` makes every answer take S seconds.
 With `--require-key KEY`, a request without `Authorization: Bearer KEY` gets a 401 whose
 message echoes the key it got, as some hosted APIs do (the client must scrub it).
 """
@@ -32,6 +33,7 @@ FAULT = re.compile(r"#fault=([a-z0-9]+)(?::(\d+))?")
 lock = threading.Lock()
 attempts: dict[str, int] = {}
 times: list[float] = []
+answered: list[dict] = []  # every request answered with 200: prompt, seed, n
 
 
 def prompt_text(body: dict) -> str:
@@ -43,6 +45,7 @@ def prompt_text(body: dict) -> str:
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     required_key: str | None = None
+    delay_s = 0.0
 
     def log_message(self, *args):  # quiet
         pass
@@ -63,14 +66,18 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/stats":
             with lock:
-                self._send(200, {"attempts": attempts, "times": times})
+                self._send(200, {"attempts": attempts, "times": times, "answered": answered})
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [{"id": "mock", "object": "model"}]})
         else:
             self._error(404, f"no route {self.path}")
 
     def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:  # not JSON (a file upload): no such route here, answered below
+            body = {}
         text = prompt_text(body)
         with lock:
             attempts[text] = attempt = attempts.get(text, 0) + 1
@@ -106,40 +113,50 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self._send(200, self._answer(body, text, logprobs=kind != "nologprobs", n=1 if kind == "n1" else None))
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        data = answer(body, text, logprobs=kind != "nologprobs", n=1 if kind == "n1" else None)
+        with lock:
+            answered.append({"prompt": text, "seed": body.get("seed"), "n": body.get("n", 1)})
+        self._send(200, data)
 
-    def _answer(self, body: dict, text: str, logprobs: bool, n: int | None) -> dict:
-        chat = "messages" in body
-        n = n or body.get("n", 1)
-        choices = []
-        for k in range(n):
-            answer = f"answer {k} seed {body.get('seed')}" if body.get("max_tokens", 16) > 1 else "1"
-            tokens = [answer, "</s>"]
-            choice = {"index": k, "finish_reason": "stop"}
-            if chat:
-                choice["message"] = {"role": "assistant", "content": answer}
-                top = [{"token": "1", "logprob": -0.1}, {"token": "2", "logprob": -2.4}]
-                content = [{"token": t, "logprob": -0.5, "top_logprobs": top if i == 0 else []}
-                           for i, t in enumerate(tokens)]
-                choice["logprobs"] = {"content": content} if logprobs else None
-            else:
-                choice["text"] = answer
-                choice["logprobs"] = ({"tokens": tokens, "token_logprobs": [-0.5, -0.5],
-                                       "top_logprobs": [{"1": -0.1, "2": -2.4}, {}]} if logprobs else None)
-            if not logprobs:
-                del choice["logprobs"]
-            choices.append(choice)
-        return {"id": "x", "object": "chat.completion" if chat else "text_completion", "model": "mock",
-                "choices": choices, "usage": {"prompt_tokens": len(text), "completion_tokens": 2 * n,
-                                              "total_tokens": len(text) + 2 * n}}
+
+def answer(body: dict, text: str, logprobs: bool = True, n: int | None = None) -> dict:
+    """A completion whose text names the sample and the seed, so every answer can be traced to its request."""
+    chat = "messages" in body
+    n = n or body.get("n", 1)
+    choices = []
+    for k in range(n):
+        reply = f"answer {k} seed {body.get('seed')}" if body.get("max_tokens", 16) > 1 else "1"
+        tokens = [reply, "</s>"]
+        choice = {"index": k, "finish_reason": "stop"}
+        if chat:
+            choice["message"] = {"role": "assistant", "content": reply}
+            top = [{"token": "1", "logprob": -0.1}, {"token": "2", "logprob": -2.4}]
+            content = [{"token": t, "logprob": -0.5, "top_logprobs": top if i == 0 else []}
+                       for i, t in enumerate(tokens)]
+            choice["logprobs"] = {"content": content} if logprobs else None
+        else:
+            choice["text"] = reply
+            choice["logprobs"] = ({"tokens": tokens, "token_logprobs": [-0.5, -0.5],
+                                   "top_logprobs": [{"1": -0.1, "2": -2.4}, {}]} if logprobs else None)
+        if not logprobs:
+            del choice["logprobs"]
+        choices.append(choice)
+    return {"id": "x", "object": "chat.completion" if chat else "text_completion", "model": "mock",
+            "choices": choices, "usage": {"prompt_tokens": len(text), "completion_tokens": 2 * n,
+                                          "total_tokens": len(text) + 2 * n}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--require-key", default=None)
+    parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
     Handler.required_key = args.require_key
+    Handler.delay_s = args.delay
+    ThreadingHTTPServer.request_queue_size = 128  # the accept backlog: many clients connect at once
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     print(server.server_address[1], flush=True)

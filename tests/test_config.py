@@ -53,3 +53,40 @@ def test_set_errors():
 def test_missing_file():
     with pytest.raises(ConfigError, match="pipeline file not found"):
         load_config("no/such/file.yaml")
+
+
+def test_method_defaults_live_in_the_config_and_are_recorded(tmp_path):
+    """Each training method's own defaults are config fields (so RUN/pipeline.yaml shows them); a set value wins."""
+    import yaml
+
+    from rlaif.runs import record_config
+
+    cfg = load_config(None)
+    used = {m: {k: cfg.train.setting(m, k) for k in ("learning_rate", "beta", "loss_type")}
+            for m in ("sft", "rm", "dpo", "kto", "grpo")}
+    assert used == {"sft": {"learning_rate": 1e-4, "beta": None, "loss_type": ["nll"]},
+                    "rm": {"learning_rate": 1e-4, "beta": None, "loss_type": None},
+                    "dpo": {"learning_rate": 1e-5, "beta": 0.5, "loss_type": ["sigmoid"]},
+                    "kto": {"learning_rate": 1e-5, "beta": 0.1, "loss_type": ["kto"]},
+                    "grpo": {"learning_rate": 1e-4, "beta": None, "loss_type": None}}
+    set_ = load_config(None, ["train.learning_rate=3e-4", "train.dpo.beta=0.2"])
+    assert set_.train.setting("dpo", "learning_rate") == 3e-4 and set_.train.setting("dpo", "beta") == 0.2
+    record_config(set_, tmp_path)
+    recorded = yaml.safe_load((tmp_path / "pipeline.yaml").read_text())["train"]
+    assert recorded["dpo"] == {"learning_rate": 1e-5, "beta": 0.2, "loss_type": ["sigmoid"]}
+    assert recorded["learning_rate"] == 3e-4 and recorded["grpo"]["learning_rate"] == 1e-4
+
+
+def test_every_config_field_is_described():
+    from rlaif.config import PipelineConfig
+
+    def fields(model, prefix=""):
+        for name, field in model.model_fields.items():
+            yield prefix + name, field
+            inner = field.annotation
+            inner = next((a for a in getattr(inner, "__args__", ()) if hasattr(a, "model_fields")), inner)
+            if hasattr(inner, "model_fields"):
+                yield from fields(inner, f"{prefix}{name}.")
+
+    missing = [key for key, field in fields(PipelineConfig) if not (field.description or "").strip()]
+    assert not missing, f"fields without a description: {missing}"

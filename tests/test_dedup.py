@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from rlaif.dedup import NearDuplicateIndex, near_duplicates
+from rlaif.stages.filter.dedup import NearDuplicateIndex, near_duplicates
 
 BASE = ("Explain how a bicycle stays upright while moving: describe the role of the rider's steering, the "
         "geometry of the front fork and the gyroscopic effect of the spinning wheels, in simple words.")

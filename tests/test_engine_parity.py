@@ -27,11 +27,14 @@ from rlaif.engines.openai import OpenAIEngine
 from rlaif.records import CANDIDATE_COLUMNS
 from rlaif.runs import load_table, read_manifest, stage_dir
 
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
 VLLM_FLAGS = ["--set", "generate.dtype=float32", "--set", "generate.max_model_len=128",
               "--set", "generate.enforce_eager=true", "--set", "generate.gpu_memory_utilization=0.3"]
 JOB = ["--model", "toy:policy", "--n", "2", "--temperature", "0", "--max-new-tokens", "8", "--shard-size", "4",
        "--quiet"]
 LOGPROB_TOLERANCE = 2e-3  # float32 on different kernels: differences are ~1e-5 here; leave room for other CPUs
+TOP_K = 5  # next-token log-probs are compared on the tokens both engines rank in their top 5
 
 
 def marked_processes(mark: str) -> list[psutil.Process]:
@@ -180,21 +183,38 @@ def test_manifest_accounting_matches_rows(all_runs, local_runs):
         assert summary["candidates"] == len(ds) and summary["failed"] == 0, name
 
 
-def test_openai_over_vllm_judge_primitives_match_transformers(vllm_server, policy_engine):
-    e = OpenAIEngine(vllm_server["model"], base_url=vllm_server["url"])
+@pytest.mark.parametrize("tokenizer", [None, ""], ids=["local-tokenizer", "server-tokenize"])
+def test_openai_over_vllm_judge_primitives_match_transformers(vllm_server, policy_engine, tokenizer):
+    # score tokenises with the model directory's tokenizer (batched), or with the server's /tokenize
+    e = OpenAIEngine(vllm_server["model"], base_url=vllm_server["url"], tokenizer=tokenizer)
+    assert (e.local_tokenizer() is not None) == (tokenizer is None)
     chats = [[{"role": "user", "content": f"What is {a}+{b}?"}] for a, b in [(1, 2), (40, 55), (99, 99)]]
     prompts = [*chats, "What is 7+8?\n="]
-    got = e.next_token_logprobs(prompts, tokens=["1", "2", "9"], top_k=5)
-    want = policy_engine.next_token_logprobs(prompts, tokens=["1", "2", "9"], top_k=5)
-    for g, w in zip(got, want):
-        assert set(g) == set(w)
-        for token in w:
-            assert g[token] == pytest.approx(w[token], abs=LOGPROB_TOLERANCE), token
+    # Compare the tokens both engines rank in their top K on this model: a token far down the list
+    # is outside what a server returns (-inf), and which tokens those are depends on the model built.
+    got, want = e.next_token_logprobs(prompts, top_k=TOP_K), policy_engine.next_token_logprobs(prompts, top_k=TOP_K)
+    compared = 0
+    for prompt, g, w in zip(prompts, got, want):
+        shared = sorted(set(g) & set(w))
+        for token in shared:
+            assert g[token] == pytest.approx(w[token], abs=LOGPROB_TOLERANCE), (prompt, token)
+        # the same tokens asked for by name, as the judges ask for verdict tokens
+        [named] = e.next_token_logprobs([prompt], tokens=shared)
+        assert named == pytest.approx({t: w[t] for t in shared}, abs=LOGPROB_TOLERANCE), prompt
+        compared += len(shared)
+    assert compared >= 3, (got, want)
     eos = policy_engine.tokenizer.eos_token
     continuations = ["3" + eos, "95" + eos, "198" + eos, "15"]
     got = e.score(prompts, continuations)
     want = policy_engine.score(prompts, continuations)
     assert [len(g) for g in got] == [len(w) for w in want] == [2, 3, 4, 2]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=LOGPROB_TOLERANCE)
+    # many rows per request (more than one request's worth), repeated prompts, an empty continuation
+    many_prompts = [chats[k % 3] for k in range(70)] + ["What is 7+8?\n="]
+    many = [f"{k % 13}{eos}" for k in range(70)] + [""]
+    got, want = e.score(many_prompts, many), policy_engine.score(many_prompts, many)
+    assert [len(g) for g in got] == [len(w) for w in want] and got[-1] == []
     for g, w in zip(got, want):
         assert g == pytest.approx(w, abs=LOGPROB_TOLERANCE)
 

@@ -13,6 +13,9 @@ from rlaif.config import load_config
 from rlaif.stages.evaluate import proportion, wilson, win_rate
 from test_train import FAST, write_exports
 
+# the toy task's held-out prompts, checker and judge (the library names no toy defaults)
+TOY_EVALUATE = ["evaluate.prompts=toy:test", "evaluate.checker=rlaif.toy:check", "evaluate.judge_model=toy:judge"]
+
 
 def test_wilson_interval_known_values():
     lo, hi = wilson(5, 10)
@@ -45,7 +48,7 @@ def test_evaluate_run_stores_figures(tmp_path, toy_paths):
     cfg = load_config(None, FAST)
     run_train(cfg, run, method="sft", progress=False)
     run_train(cfg, run, method="rm", progress=False)
-    cfg = load_config(None, FAST + ["evaluate.limit=40", "evaluate.max_new_tokens=6", "evaluate.samples=2"])
+    cfg = load_config(None, FAST + TOY_EVALUATE + ["evaluate.limit=40", "evaluate.max_new_tokens=6", "evaluate.samples=2"])
     metrics = run_evaluate(cfg, run)
     stored = json.loads((run / "iter-000" / "evaluate" / "metrics.json").read_text())
     assert stored["greedy_accuracy"] == metrics["greedy_accuracy"]
@@ -62,6 +65,7 @@ def test_evaluate_run_stores_figures(tmp_path, toy_paths):
     assert metrics["previous"] == toy.resolve("toy:policy") and metrics["win_rate"]["judge"] == "likelihood"
     assert metrics["reward_model_accuracy"]["n"] == 48 and metrics["reward_model_accuracy"]["held_out"] is True
 
-    cli = run_cli("evaluate", run, "--limit", "8", "--max-new-tokens", "6")
+    cli = run_cli("evaluate", run, "--limit", "8", "--max-new-tokens", "6",
+                  *[a for s in TOY_EVALUATE for a in ("--set", s)])
     assert cli.returncode == 0, cli.stderr
     assert "greedy_accuracy" in cli.stderr and "n=8" in cli.stderr and "reward_model_accuracy" in cli.stderr

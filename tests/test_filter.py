@@ -196,7 +196,7 @@ def test_run_filter_writes_the_layout_resumes_and_reports(tmp_path):
     (out / "pairs" / "part-00001.parquet").unlink()
     again = run_filter(cfg, str(run), progress=False)
     assert again.summary == s
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match=r"filter\.min_margin: .* → 0\.3"):
         run_filter(PipelineConfig.model_validate({"filter": {**SETTINGS, "min_margin": 0.3}}), str(run), progress=False)
 
 

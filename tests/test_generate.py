@@ -49,9 +49,9 @@ def test_determinism_per_shard(policy_engine):
     assert first["text"] == again["text"]
     assert first["text"] != other["text"]
     # the second shard regenerated alone (as after a crash) is identical to the one the full run wrote
-    from rlaif.stages.generate import _normalise
+    from rlaif.inputs import normalise_prompts
 
-    shard = generate_shard(_normalise(ds, None).select(range(5, 10)), policy_engine,
+    shard = generate_shard(normalise_prompts(ds, None).select(range(5, 10)), policy_engine,
                            SamplingParams(n=4, max_new_tokens=6), seed=8)
     assert shard["text"] == first["text"][20:]
 
@@ -161,6 +161,6 @@ def test_run_generate_writes_shards_manifest_and_resumes(tmp_path, toy_test_prom
     changed.generate.temperature = 0.5
     from rlaif.errors import RunError
 
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match="generate.temperature: 1.0 → 0.5"):
         run_generate(changed, str(run), progress=False, engine=policy_engine)
     assert json.loads(before)["status"] == read_manifest(stage_dir(run, "generate")).status

@@ -37,7 +37,26 @@ BAD_INPUTS = {
                          r"p.csv:1: CSV header has columns \['question', 'answer'\]; expected a 'prompt' column"),
     "not_an_object": (lambda t: _jsonl(t, ['["What is 1+1?"]']), r"p.jsonl:1: expected a JSON object per line, got list"),
     "missing_file": (lambda t: t / "nope.jsonl", r"nope.jsonl: input not found"),
+    "csv_unterminated_quote": (lambda t: _write(t / "p.csv", 'prompt,x\nok,1\n"unterminated,1\n'),
+                               r"p.csv:3: malformed CSV \(unexpected end of data\)"),
+    "messages_as_string": (lambda t: _jsonl(t, [json.dumps({"messages": "What is 1+1?"})]),
+                           r"p.jsonl:1: field 'messages' is a string; expected a list of chat messages"),
+    "mixed_column_types": (lambda t: _jsonl(t, [json.dumps({"prompt": "a", "k": "1"}), json.dumps({"prompt": "b", "k": 2})]),
+                           r"p.jsonl:2: field 'k' is a number, but it is a string at .*p.jsonl:1"),
+    "symlink_loop": (lambda t: _loop(t), r"loop-a: a loop of symbolic links"),
+    "dangling_symlink": (lambda t: _dangling(t), r"link.jsonl: a symbolic link to '.*gone.jsonl', which does not exist"),
 }
+
+
+def _loop(tmp_path):
+    (tmp_path / "loop-a").symlink_to(tmp_path / "loop-b")
+    (tmp_path / "loop-b").symlink_to(tmp_path / "loop-a")
+    return tmp_path / "loop-a"
+
+
+def _dangling(tmp_path):
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "gone.jsonl")
+    return tmp_path / "link.jsonl"
 
 
 def _write(path, text):
@@ -55,7 +74,8 @@ def test_bad_input_in_process(tmp_path, case):
 
 
 @pytest.mark.parametrize("case", ["malformed_json", "non_utf8", "duplicate_ids", "csv_wrong_header", "empty_file",
-                                  "unknown_type", "non_string_prompt", "nul_byte"])
+                                  "unknown_type", "non_string_prompt", "nul_byte", "csv_unterminated_quote",
+                                  "messages_as_string", "mixed_column_types", "symlink_loop"])
 def test_bad_input_cli_one_line_no_traceback(tmp_path, case):
     make, pattern = BAD_INPUTS[case]
     path = make(tmp_path)
@@ -87,3 +107,16 @@ def test_ids_derived_from_content_and_prompt_column(tmp_path):
     again, fp2 = read_prompts(str(path), prompt_column="question")
     assert ds["id"] == again["id"] and len(set(ds["id"])) == 2 and fp1 == fp2
     assert "question" not in ds.column_names
+
+
+@pytest.mark.parametrize("model, pattern", [
+    ("{tmp}/no-such-model", r"field 'generate.model': .*no-such-model: no such model directory"),
+    ("{tmp}", r"field 'generate.model': .*: not a model directory \(no config.json"),
+])
+def test_model_path_that_is_not_a_model_is_one_clear_line(tmp_path, model, pattern):
+    import re
+
+    path = _jsonl(tmp_path, [GOOD])
+    result = run_cli("generate", "--input", path, "--model", model.format(tmp=tmp_path), "--out", tmp_path / "run", "-q")
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and re.search(pattern, lines[0]), result.stderr

@@ -56,7 +56,7 @@ def test_likelihood_stage_writes_scores_with_ranks_and_provenance(toy_run):
     before = (stage_dir(toy_run, "judge") / "manifest.json").read_text()
     run_judge(judge_cfg(kind="likelihood", model="toy:judge", shard_size=5, batch_size=7), str(toy_run), progress=False)
     assert (stage_dir(toy_run, "judge") / "manifest.json").read_text() == before
-    with pytest.raises(RunError, match="different config"):
+    with pytest.raises(RunError, match="judge.length_normalize: true → false"):
         run_judge(judge_cfg(kind="likelihood", model="toy:judge", shard_size=5, length_normalize=False), str(toy_run),
                   progress=False)
 

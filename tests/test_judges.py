@@ -93,7 +93,11 @@ def test_likelihood_judge_agrees_with_the_checker_beyond_chance(judge_engine):
     pairs = near_miss_pairs(200, seed=3)
     scores = judge.score([CandidateItem(chat(q), t, {}) for q, r, w in pairs for t in (r, w)])
     agree = sum(scores[2 * k].score > scores[2 * k + 1].score for k in range(len(pairs)))
-    # Under "no better than a coin", 200 pairs give agreement above .60 with p < .005; we ask p < 1e-6.
+    # A judge whose greedy answer is right ranks it above a near miss, so agreement is at least about
+    # its greedy accuracy, which every build holds at or above JUDGE_BAND[0] = .85; allow 3 standard
+    # errors of 200 pairs below that (.774; measured .985). Far beyond a coin (p < 1e-6 asks .68).
+    low = toy.JUDGE_BAND[0]
+    assert agree / len(pairs) >= low - 3 * math.sqrt(low * (1 - low) / len(pairs)), agree
     assert binomtest(agree, len(pairs), 0.5, alternative="greater").pvalue < 1e-6, agree
     # the score is the mean per-token log-prob of answer + eos, straight from `score`
     lp = judge_engine.score([chat(pairs[0][0])], [pairs[0][1] + "</s>"])[0]
@@ -112,7 +116,7 @@ def test_a_judge_that_always_answers_1_is_caught(biased_engine):
     judge = PairwiseJudge(biased_engine, "toy-pairwise")
     scores, comps = rlaif.judge(datasets.Dataset.from_list(rows), judge, comparisons=True)
     firsts = list(comps["p_a_first"]) + list(comps["p_b_first"])
-    assert sum(p > 0.5 for p in firsts) / len(firsts) >= 0.95  # picks slot 1 ~always
+    assert sum(p > 0.5 for p in firsts) / len(firsts) >= toy.BIASED_FIRST_SLOT_MIN  # picks slot 1, as built
     assert sum(comps["consistent"]) / len(comps) <= 0.05  # so nearly every pair flips with the order
     assert all(abs(p - 0.5) < 0.05 for p in comps["preference"])  # and averaging the orders cancels it
     assert len(scores) == 60 and set(scores["rank"]) == {0, 1}
@@ -219,7 +223,7 @@ def test_reward_model_judge_batches_exactly(tmp_path, toy_paths):
 
 
 def test_judge_eval_statistics_and_pairs_from_candidates():
-    from rlaif import judge_eval as je
+    from rlaif.judges import judge_eval as je
 
     low, high = je.wilson(95, 100)
     assert low < 0.95 < high and high - low < 0.1 and je.wilson(0, 10)[0] == pytest.approx(0, abs=1e-12)
@@ -229,7 +233,7 @@ def test_judge_eval_statistics_and_pairs_from_candidates():
         for i, t in enumerate((w, r, w, str(int(r) + 100))):  # a duplicate wrong answer counts once
             rows.append({"prompt_id": f"p{k}", "prompt": chat(q), "candidate_index": i, "text": t, "failure": None,
                          "solution": r})
-    pairs = je.known_pairs(datasets.Dataset.from_list(rows))
+    pairs = je.known_pairs(datasets.Dataset.from_list(rows), "rlaif.toy:accuracy_reward")
     assert len(pairs) == 20 and all(toy.check(p["right"], p["solution"]) and p["wrong"] != p["right"] for p in pairs)
     result = je.evaluate_judge(VerifierJudge("rlaif.toy:accuracy_reward"), pairs)
     assert result["agreement"] == 1.0 and result["failures"] == 0

@@ -25,6 +25,8 @@ from rlaif.runs import load_table, read_manifest, stage_dir
 from rlaif.stages.generate import run_generate
 from rlaif.stages.judge import run_judge
 
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
 RLAIF = [sys.executable, "-m", "rlaif.cli"]
 
 SHARDS = 8

@@ -63,10 +63,11 @@ def test_changed_config_is_refused_then_overwrite(tmp_path, toy_paths):
     assert run_cli("generate", "--input", prompts, "--out", run, *ARGS).returncode == 0
     changed = run_cli("generate", "--input", prompts, "--out", run, *ARGS, "--temperature", "0.5")
     assert changed.returncode == 2 and "Traceback" not in changed.stderr
-    assert "different config" in changed.stderr and "--overwrite" in changed.stderr
+    assert "generate.temperature: 1.0 → 0.5; finished shards (2 of 2) were made with the old settings" in changed.stderr
+    assert "--overwrite" in changed.stderr and "--out for a new run" in changed.stderr
     prompts.write_text(prompts.read_text().replace("What is", "What's"))
     other_input = run_cli("generate", "--input", prompts, "--out", run, *ARGS)
-    assert other_input.returncode == 2 and "different input" in other_input.stderr
+    assert other_input.returncode == 2 and "the input changed" in other_input.stderr
     fresh = run_cli("generate", "--input", prompts, "--out", run, *ARGS, "--overwrite")
     assert fresh.returncode == 0, fresh.stderr
     assert all(p.startswith("add-") for p, *_ in _rows(run))

@@ -18,6 +18,8 @@ from conftest import REPO, RLAIF
 from review_support import pair_row, toy_pairs, write_pairs
 
 import playwright.sync_api as playwright_api  # installed by scripts/install.sh --dev; a missing browser stack must fail, not skip
+
+pytestmark = pytest.mark.browser
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO / "tests" / "artifacts"
 XSS = ["<script>window.pwned=1</script>", "<img src=x onerror=window.pwned=1>",
@@ -39,12 +41,15 @@ class Server:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([*RLAIF, "review", str(run), "--host", host, "--port", str(self.port), *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
-        self.token = None
+        self.urls: dict[str, str] = {}  # reviewer -> the URL printed for them (off loopback)
         for line in self.proc.stdout:
-            if line.startswith("token: "):
-                self.token = line.split()[1]
-            if line.startswith("open "):
+            if line.startswith("reviewer "):
+                name, url = line.removeprefix("reviewer ").split(": open ")
+                self.urls[name] = url.strip()
+            if line.startswith("serving on "):
                 break
+        self.tokens = {name: url.split("?token=")[1] for name, url in self.urls.items()}
+        self.token = next(iter(self.tokens.values()), None)
         deadline = time.time() + 60
         while True:
             try:
@@ -172,6 +177,43 @@ def xss_server(tmp_path_factory):
     server = Server(run, "--reviewer", "eve", host="0.0.0.0")
     yield server, run
     server.close()
+
+
+def test_each_reviewer_has_a_token_that_decides_who_answers(tmp_path):
+    run = tmp_path / "run"
+    write_pairs(run, toy_pairs(20, seed=3), shards=1)
+    (run / "pipeline.yaml").write_text("review:\n  sample_size: 6\n  min_reviewed: 1\n")
+    server = Server(run, "--reviewers", "ann,bob", host="0.0.0.0")
+    try:
+        assert set(server.tokens) == {"ann", "bob"} and server.tokens["ann"] != server.tokens["bob"]
+        assert all("0.0.0.0" not in url for url in server.urls.values())  # a host colleagues can open
+        with httpx.Client(base_url=server.url) as ann:
+            page = ann.get("/review", params={"token": server.tokens["ann"], "reviewer": "bob"}).text
+            csrf = page.split('name="csrf-token" content="')[1].split('"')[0]
+            ann.cookies.set("rlaif_reviewer", "mallory")  # a claimed name counts for nothing
+            r = ann.post("/api/verdict", json={"item_id": 0, "choice": "A"},
+                         headers={"x-csrf-token": csrf, "content-type": "application/json"})
+            assert r.status_code == 200, r.text
+            assert ann.get("/api/progress").json()["reviewer"] == "ann"
+        assert httpx.get(server.url + "/review", params={"token": "invented"}).status_code == 401
+    finally:
+        server.close()
+    con = sqlite3.connect(run / "iter-000" / "review" / "review.sqlite")
+    who = con.execute("SELECT r.name FROM verdicts v JOIN reviewers r USING (reviewer_id)").fetchall()
+    assert who == [("ann",)] and {n for (n,) in con.execute("SELECT name FROM reviewers")} == {"ann"}
+    again = Server(run, "--reviewers", "ann,bob", host="0.0.0.0")  # tokens survive a restart
+    try:
+        assert again.tokens == server.tokens
+    finally:
+        again.close()
+
+
+def test_off_loopback_without_reviewers_is_refused(tmp_path):
+    run = tmp_path / "run"
+    write_pairs(run, toy_pairs(10, seed=4), shards=1)
+    result = subprocess.run([*RLAIF, "review", str(run), "--host", "0.0.0.0"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "name the reviewers (--reviewers ann,bob)" in result.stderr, result.stderr
 
 
 def test_token_is_required_off_loopback(xss_server):

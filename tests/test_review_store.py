@@ -18,7 +18,8 @@ from review_support import toy_pairs, write_pairs
 
 
 def config(**review) -> PipelineConfig:
-    return PipelineConfig.model_validate({"review": {"sample_size": 20, "min_reviewed": 10, **review}})
+    return PipelineConfig.model_validate({"review": {"sample_size": 20, "min_reviewed": 10,
+                                                     "checker": "rlaif.toy:accuracy_reward", **review}})
 
 
 @pytest.fixture
@@ -137,7 +138,8 @@ def test_gate_without_review_and_with_simulated_reviewers(run):
 
 
 def test_cli_simulate_stats_and_gate(run):
-    res = run_cli("review", run, "--simulate", "--set", "review.sample_size=20", "--set", "review.min_reviewed=5",
+    res = run_cli("review", run, "--simulate", "--set", "review.checker=rlaif.toy:accuracy_reward",
+                  "--set", "review.sample_size=20", "--set", "review.min_reviewed=5",
                   "--set", "review.min_agreement=0.0", "--gate")
     assert res.returncode == 0, res.stderr
     assert "review gate passed" in res.stdout and "SIMULATED" in res.stdout

@@ -17,25 +17,11 @@ from itertools import groupby
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from rlaif.engines.base import (Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompt,
-                               single_token_id)
+from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, LocalTokenizer, PromptInput
+from rlaif.engines.devices import pick_device, pick_dtype
 from rlaif.errors import EngineError
 
 log = logging.getLogger(__name__)
-
-
-def pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def pick_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return getattr(torch, dtype)
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -61,7 +47,7 @@ class _LogprobRecorder(LogitsProcessor):
         return torch.stack(self.steps, dim=1) if self.steps else torch.zeros(sequences.shape[0], 0)
 
 
-class TransformersEngine:
+class TransformersEngine(LocalTokenizer):
     name = "transformers"
 
     def __init__(self, model: str, *, dtype: str = "auto", device: str = "auto", batch_size: int = 64,
@@ -91,9 +77,6 @@ class TransformersEngine:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
     # ------------------------------------------------------------ encoding
-
-    def encode(self, prompt: PromptInput) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -222,9 +205,6 @@ class TransformersEngine:
                 lp = torch.log_softmax(span, dim=-1).gather(1, torch.tensor(c, device=self.device)[:, None])
                 out[i] = lp.squeeze(1).tolist()
         return out
-
-    def token_id(self, token: str) -> int:
-        return single_token_id(self.tokenizer, token, self.model_id)
 
     @torch.inference_mode()
     def next_token_logprobs(self, prompts: list[PromptInput], tokens: list[str] | None = None,

@@ -22,8 +22,7 @@ import logging
 import multiprocessing
 import os
 
-from rlaif.engines.base import (Completion, GenerationRequest, GenerationResult, PromptInput, encode_prompt,
-                               single_token_id)
+from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, LocalTokenizer, PromptInput
 from rlaif.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -40,7 +39,7 @@ def _on_cpu() -> bool:
     return current_platform.is_cpu()
 
 
-class VLLMEngine:
+class VLLMEngine(LocalTokenizer):
     name = "vllm"
 
     def __init__(self, model: str, *, dtype: str = "auto", max_model_len: int | None = None,
@@ -71,9 +70,6 @@ class VLLMEngine:
         self.context = self.llm.llm_engine.model_config.max_model_len
 
     # ------------------------------------------------------------ encoding
-
-    def encode(self, prompt: PromptInput) -> list[int]:
-        return encode_prompt(self.tokenizer, prompt)
 
     def _run(self, prompts: list[list[int]], params: list) -> list:
         from vllm.inputs import TokensPrompt
@@ -154,9 +150,6 @@ class VLLMEngine:
             entries = res.prompt_logprobs[len(p):]
             out[i] = [entry[tok].logprob for entry, tok in zip(entries, c)]
         return out
-
-    def token_id(self, token: str) -> int:
-        return single_token_id(self.tokenizer, token, self.model_id)
 
     def next_token_logprobs(self, prompts: list[PromptInput], tokens: list[str] | None = None,
                             top_k: int | None = None) -> list[dict[str, float]]:

@@ -19,8 +19,7 @@ class LikelihoodJudge:
     def __init__(self, engine: Engine, *, length_normalize: bool = True):
         self.engine = engine
         self.length_normalize = length_normalize
-        tok = getattr(engine, "tokenizer", None)
-        self.eos = (tok.eos_token or "") if tok is not None else ""
+        self.eos = engine.eos_text
         self.provenance = Provenance("likelihood", engine.model_id, engine.name)
 
     def score(self, items: list[CandidateItem]) -> list[Score]:

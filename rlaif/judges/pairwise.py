@@ -79,21 +79,10 @@ class PairwiseJudge:
 
     def _cot(self, chats: list) -> tuple[list, list, list]:
         """Rationale by greedy decoding (stopped at "Verdict:"), then the verdict tokens' probabilities after it."""
-        tok = getattr(self.engine, "tokenizer", None)
-        if tok is None:
-            from rlaif.errors import EngineError
-
-            raise EngineError(f"cot mode needs a local engine (transformers/vllm); {self.engine.name!r} cannot continue "
-                              "a rationale: use mode 'text' with a cot template")
+        texts = [self.engine.prompt_text(c) for c in chats]  # first: an engine that cannot continue fails at once
         params = SamplingParams(n=1, temperature=0.0, max_new_tokens=self.cot_max_new_tokens, stop=["Verdict:"])
         results = self.engine.generate([GenerationRequest(c, params, self.seed) for c in chats])
         raws = [r.completions[0].text if r.completions else None for r in results]
-        continued = []
-        for chat, rationale in zip(chats, raws):
-            text = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
-            if tok.bos_token and text.startswith(tok.bos_token) and tok("x")["input_ids"][:1] == [tok.bos_token_id]:
-                text = text[len(tok.bos_token):]  # encoding a raw string adds it again
-            continued.append(text + (rationale or "").rstrip() + "\nVerdict: ")
-        firsts = self._soft(continued)
+        firsts = self._soft([text + (rationale or "").rstrip() + "\nVerdict: " for text, rationale in zip(texts, raws)])
         failures = [r.failure for r in results]
         return firsts, raws, failures

@@ -9,6 +9,9 @@ from __future__ import annotations
 import math
 import re
 
+from rlaif.engines import GenerationRequest
+from rlaif.records import SamplingParams
+
 _LINE = re.compile(r"^\s*(?:final\s+)?(?:verdict|score|answer|rating)\s*[:=]\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -49,9 +52,6 @@ def ask_for_verdicts(engine, chats: list, verdicts: list[str], *, retries: int, 
     Re-asks are sampled (temperature 1, seed + attempt): a greedy re-ask would repeat the same answer.
     Returns (verdict, raw text, failure) per chat: a failure is recorded with the raw text, never raised.
     """
-    from rlaif.engines import GenerationRequest
-    from rlaif.records import SamplingParams
-
     out: list[tuple[str | None, str | None, str | None]] = [(None, None, "not judged")] * len(chats)
     todo = list(range(len(chats)))
     for attempt in range(retries + 1):

@@ -9,6 +9,7 @@ and the distribution the mixture of the aspects' distributions.
 from __future__ import annotations
 
 from rlaif.engines import Engine
+from rlaif.errors import ConfigError
 from rlaif.judges.base import CandidateItem, Provenance, Score, question_of
 from rlaif.judges.parsing import ask_for_verdicts, normalise
 from rlaif.judges.prompting import judge_template, render, require_single_tokens, verdict_tokens
@@ -21,8 +22,6 @@ class PointwiseJudge:
                  verdicts: list[str] | None = None, aspects: list[str] | None = None, delimiters: str = "nonce",
                  max_new_tokens: int = 8, parse_retries: int = 2, seed: int = 0):
         if mode == "cot":
-            from rlaif.errors import ConfigError
-
             raise ConfigError("field 'judge.mode': cot is for pairwise judges; a pointwise judge uses logprobs or text")
         self.engine = engine
         self.template = judge_template(template)
@@ -30,8 +29,6 @@ class PointwiseJudge:
         try:
             self.values = [float(v) for v in self.verdicts]
         except ValueError:
-            from rlaif.errors import ConfigError
-
             raise ConfigError(f"field 'judge.verdict_tokens': rubric scores must be numbers, got {self.verdicts}") from None
         if mode == "logprobs":
             require_single_tokens(self.template, self.verdicts, engine)

@@ -13,6 +13,8 @@ import logging
 from itertools import combinations
 
 import numpy as np
+from scipy.optimize import minimize
+from scipy.special import expit, log_expit
 
 from rlaif.judges.base import PairItem
 from rlaif.records import Judgment
@@ -33,9 +35,6 @@ def schedule_pairs(indices: list[int], schedule: str) -> list[tuple[int, int]]:
 
 def bradley_terry(n: int, comparisons: list[tuple[int, int, float]], prior: float = 0.01) -> np.ndarray:
     """Maximum a posteriori strengths s (mean 0): P(i > j) = sigmoid(s_i - s_j), fitted to soft labels p_ij."""
-    from scipy.optimize import minimize
-    from scipy.special import expit, log_expit
-
     if not comparisons:
         return np.zeros(n)
     i = np.array([c[0] for c in comparisons])

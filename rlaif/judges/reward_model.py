@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from rlaif.engines.devices import pick_device, pick_dtype
 from rlaif.errors import EngineError
 from rlaif.judges.base import CandidateItem, Provenance, Score
 
@@ -19,8 +20,6 @@ class RewardModelJudge:
     def __init__(self, model: str, *, display_name: str | None = None, device: str = "auto", dtype: str = "auto",
                  batch_size: int = 64):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from rlaif.engines.transformers import pick_device, pick_dtype
 
         self.device = pick_device(device)
         self.batch_size = batch_size

@@ -8,35 +8,19 @@ here unchanged, and the same function serves as a GRPO reward. None means "not a
 
 from __future__ import annotations
 
-import importlib
 import logging
 
-from rlaif.errors import ConfigError
+from rlaif.functions import load_function
 from rlaif.judges.base import CandidateItem, Provenance, Score
 
 log = logging.getLogger(__name__)
-
-
-def load_function(spec: str | None, field: str = "judge.verifier"):
-    if not spec or ":" not in spec:
-        raise ConfigError(f"field '{field}': expected module:function (e.g. rlaif.toy:accuracy_reward), got {spec!r}")
-    module, name = spec.split(":", 1)
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        raise ConfigError(f"field '{field}': cannot import {module!r}: {e}") from None
-    except AttributeError:
-        raise ConfigError(f"field '{field}': module {module!r} has no function {name!r}") from None
-    if not callable(fn):
-        raise ConfigError(f"field '{field}': {spec} is not callable")
-    return fn
 
 
 class VerifierJudge:
     kind = "verifier"
 
     def __init__(self, function: str):
-        self.function = load_function(function)
+        self.function = load_function(function, "judge.verifier")
         self.provenance = Provenance("verifier", function, "python")
 
     def _call(self, items: list[CandidateItem]) -> list:

@@ -4,8 +4,11 @@ Security, because model text is untrusted and verdicts gate training:
 - Text is rendered by Jinja2 with autoescaping into <pre> blocks; nothing from the data is ever
   marked safe. The Content-Security-Policy allows scripts and styles from this server's /static
   only, so even an injected <script> or event-handler attribute would not run.
-- On a loopback address the Host header must be a loopback name (no DNS rebinding). On any other
-  address every request needs the token printed at start (`?token=` once, then a cookie).
+- On a loopback address the Host header must be a loopback name (no DNS rebinding), and a reviewer
+  gives their name on the start page. On any other address each reviewer has their own token (kept
+  in the review store, so it survives restarts); every request needs one (`?token=` once, then a
+  cookie, or a bearer header), and a verdict is recorded under the token's owner, whatever name a
+  request claims, so nobody can answer as someone else or invent reviewers to meet the gate.
 - Requests that change verdicts are JSON POSTs carrying a per-server CSRF token from the page
   (a cross-site form can send neither) and, when the browser sends an Origin, the same origin.
 """
@@ -16,6 +19,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import socket
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -24,7 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field
 
-from rlaif.errors import InputError
+from rlaif.errors import ConfigError, InputError
+from rlaif.review.stats import review_statistics
 from rlaif.review.store import ReviewStore, check_reviewer_name
 
 HERE = Path(__file__).resolve().parent
@@ -49,27 +54,34 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(store_path: str | Path, *, host: str = "127.0.0.1", token: str | None = None,
+def create_app(store_path: str | Path, *, host: str = "127.0.0.1", reviewers: list[str] | None = None,
                default_reviewer: str | None = None, min_agreement: float = 0.7, min_reviewed: int = 30) -> FastAPI:
-    """The app over one review store. `token` is required (and generated if None) off loopback."""
+    """The app over one review store. Off loopback, `reviewers` names who may review; each gets a token."""
     store = ReviewStore(store_path)
     need_token = not is_loopback(host)
-    token = token or (secrets.token_urlsafe(24) if need_token else None)
+    if need_token and not reviewers:
+        raise ConfigError(f"--host {host} is not a loopback address: name the reviewers (--reviewers ann,bob); "
+                          "each gets their own URL and token")
+    tokens = store.reviewer_tokens(list(reviewers)) if need_token else {}
     csrf = secrets.token_urlsafe(24)
     app = FastAPI(title="rlaif review", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.token = token
+    app.state.tokens = tokens
     templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
         set_cookie = False
+        request.state.reviewer = None
         if need_token:
             given = (request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE)
                      or request.headers.get("authorization", "").removeprefix("Bearer ").strip())
-            if not given or not hmac.compare_digest(given.encode(), token.encode()):
-                return _secure(PlainTextResponse("401: this review server needs its token: open the URL printed "
-                                                 "when it started (…/?token=…)", status_code=401))
+            owner = next((name for name, t in tokens.items() if hmac.compare_digest(given.encode(), t.encode())),
+                         None)
+            if owner is None:
+                return _secure(PlainTextResponse("401: this review server needs your reviewer token: open the URL "
+                                                 "printed for you when it started (…/?token=…)", status_code=401))
+            request.state.reviewer = owner
             set_cookie = "token" in request.query_params
         elif (request.url.hostname or "") not in LOOPBACK_NAMES and not is_loopback(request.url.hostname or ""):
             return _secure(PlainTextResponse("400: unexpected Host header for a loopback server", status_code=400))
@@ -79,19 +91,20 @@ def create_app(store_path: str | Path, *, host: str = "127.0.0.1", token: str | 
                 return _secure(JSONResponse({"error": problem}, status_code=403))
         response = await call_next(request)
         if set_cookie:
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(TOKEN_COOKIE, tokens[request.state.reviewer], httponly=True, samesite="strict")
         return _secure(response)
 
     def reviewer_of(request: Request) -> str | None:
-        name = request.cookies.get(REVIEWER_COOKIE) or default_reviewer
-        return name
+        if need_token:  # the token's owner; a name in a cookie or a query counts for nothing
+            return request.state.reviewer
+        return request.cookies.get(REVIEWER_COOKIE) or default_reviewer
 
     def page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
         return templates.TemplateResponse(request, name, {"csrf": csrf, **context}, status_code=status)
 
     @app.get("/", response_class=HTMLResponse)
     def start(request: Request, reviewer: str | None = None):
-        if reviewer is not None:
+        if reviewer is not None and not need_token:
             try:
                 check_reviewer_name(reviewer)
             except InputError as e:
@@ -147,13 +160,33 @@ def create_app(store_path: str | Path, *, host: str = "127.0.0.1", token: str | 
 
     @app.get("/summary", response_class=HTMLResponse)
     def summary(request: Request):
-        from rlaif.review.stats import review_statistics
-
         stats = review_statistics(store.current_verdicts(), store.meta().get("design", {}), store.reviewers())
         gate = _gate(stats, min_agreement, min_reviewed)
         return page(request, "summary.html", stats=stats, gate=gate, reviewer=reviewer_of(request))
 
     return app
+
+
+def reviewer_urls(app: FastAPI, host: str, port: int) -> dict[str, str]:
+    """The URL each reviewer opens: one per reviewer off loopback (a real address, never 0.0.0.0), else one."""
+    shown = public_address() if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/"
+    if not app.state.tokens:
+        return {"": base}
+    return {name: f"{base}?token={token}" for name, token in app.state.tokens.items()}
+
+
+def public_address() -> str:
+    """This machine's address on its default route (no packet is sent), else its host name."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.254.254.254", 1))
+            address = s.getsockname()[0]
+        if not address.startswith("0."):
+            return address
+    except OSError:
+        pass
+    return socket.getfqdn() or socket.gethostname()
 
 
 def _gate(stats: dict, min_agreement: float, min_reviewed: int) -> dict:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.errors import RunError
+from rlaif.review.stats import review_statistics
+from rlaif.review.store import ReviewStore
 from rlaif.runs import stage_dir
 
 STORE_NAME = "review.sqlite"
@@ -39,9 +41,6 @@ class GateResult:
 
 def check_gate(run: str | Path, iteration: int, min_agreement: float, min_reviewed: int) -> GateResult:
     """Judge the review of `run/iter-K` against the thresholds; never raises for a failed gate."""
-    from rlaif.review.stats import review_statistics
-    from rlaif.review.store import ReviewStore
-
     where = f"{run} iter-{iteration:03d}"
     path = store_path(run, iteration)
     if not path.exists():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import secrets
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -72,6 +73,23 @@ def check_reviewer_name(name: str) -> str:
     return name
 
 
+def store_problem(path: Path) -> str | None:
+    """What SQLite finds wrong with a store file (not a database, failed integrity check), or None."""
+    try:
+        con = sqlite3.connect(path, timeout=60)
+        try:
+            rows = con.execute("PRAGMA quick_check").fetchall()
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        return " ".join(str(e).split())
+    if rows != [("ok",)]:
+        return " ".join("; ".join(r[0] for r in rows[:3]).split())
+    missing = {"meta", "items", "reviewers", "assignments", "verdicts"} - tables
+    return f"tables missing: {', '.join(sorted(missing))}" if missing else None
+
+
 class ReviewStore:
     """Access to one review.sqlite; cheap to construct, one connection per operation."""
 
@@ -79,6 +97,12 @@ class ReviewStore:
         self.path = Path(path)
         if not self.path.exists():
             raise RunError(f"{self.path}: no review store; start one with `rlaif review RUN`")
+        problem = store_problem(self.path)
+        if problem:
+            iteration = self.path.parent.parent.name.removeprefix("iter-").lstrip("0") or "0"
+            raise RunError(f"{self.path}: damaged review store ({problem}); restore it from a copy, or move it "
+                           f"away and rerun `rlaif review {self.path.parent.parent.parent} --iteration {iteration}` "
+                           "to draw a new sample (its verdicts are lost)")
 
     @contextmanager
     def connect(self, write: bool = False):
@@ -169,6 +193,21 @@ class ReviewStore:
                 (rid, item, pos, int(random.Random(f"{seed}:{name}:{item}").random() < 0.5))
                 for pos, item in enumerate(items)])
             return rid
+
+    def reviewer_tokens(self, names: list[str]) -> dict[str, str]:
+        """Each named reviewer's own access token, created on first use and kept in the store, so the URLs
+        handed out stay valid across server restarts and a verdict is recorded under its token's owner."""
+        for name in names:
+            check_reviewer_name(name)
+        with self.connect(write=True) as con:
+            con.execute("CREATE TABLE IF NOT EXISTS reviewer_tokens (name TEXT PRIMARY KEY, "
+                        "token TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL)")
+            for name in names:
+                con.execute("INSERT OR IGNORE INTO reviewer_tokens VALUES (?, ?, ?)",
+                            (name, secrets.token_urlsafe(24), now()))
+            rows = con.execute(f"SELECT name, token FROM reviewer_tokens WHERE name IN ({','.join('?' * len(names))})",
+                               names).fetchall()
+        return {r["name"]: r["token"] for r in rows}
 
     def reviewer_id(self, name: str) -> int:
         with self.connect() as con:

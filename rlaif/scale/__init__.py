@@ -4,9 +4,9 @@ A stage hands an executor its unfinished shard indices, a way to read a shard's 
 plain functions:
     setup() -> state                        builds what a worker holds (an engine, a judge)
     work(state, index, shard) -> tables     computes one shard: {"candidates": Dataset, ...}
-Every executor yields `(index, tables, seconds)` as shards finish, in any order; the stage's
-driver writes each one with its `StageWriter`, so the run directory (layout, shard names,
-manifest, resume) is the same whichever executor computed it.
+Every executor yields `(index, tables, seconds)` as shards finish, in any order; the driver
+(`rlaif.runs.run_sharded`) writes each one with its `StageWriter`, so the run directory (layout,
+shard names, manifest, resume) is the same whichever executor computed it.
 
 - `local` (default): one process, shards in order (`rlaif.scale.local`).
 - `ray`: Ray Data `map_batches` over a pool of engine replicas, one actor each (`rlaif.scale.ray`);
@@ -20,25 +20,24 @@ from typing import Any
 
 import datasets
 
+from rlaif.scale.local import map_shards_locally
+from rlaif.scale.ray import map_shards_on_ray
+
 ShardResult = tuple[int, dict[str, datasets.Dataset], float]
 
 
 def map_shards(executor: str, todo: list[int], shard_input: Callable[[int], datasets.Dataset], *,
                work: Callable[[Any, int, datasets.Dataset], dict[str, datasets.Dataset]],
-               setup: Callable[[], Any], state: Any = None, teardown: Callable[[Any], None] | None = None,
+               setup: Callable[[], Any], teardown: Callable[[Any], None] | None = None,
                ray_config=None) -> Iterator[ShardResult]:
     """Run `work` over the shards `todo` on `executor` (`local` | `ray`), yielding results as they finish.
 
-    `state` (local only) is an already built worker state, e.g. an engine the caller owns: it is
-    used as is and not torn down. Otherwise `setup()` builds it (once here, or once per replica).
-    `setup` and `work` must be picklable for `ray` (module-level functions, `functools.partial`).
+    `setup()` builds the worker state (once here, or once per replica); `teardown(state)` closes it
+    (None: the state is borrowed, e.g. an engine the caller owns). `setup` and `work` must be
+    picklable for `ray` (module-level functions, `functools.partial`).
     """
     if not todo:
         return iter(())
     if executor == "ray":
-        from rlaif.scale.ray import map_shards_on_ray
-
         return map_shards_on_ray(todo, shard_input, work=work, setup=setup, teardown=teardown, config=ray_config)
-    from rlaif.scale.local import map_shards_locally
-
-    return map_shards_locally(todo, shard_input, work=work, setup=setup, state=state, teardown=teardown)
+    return map_shards_locally(todo, shard_input, work=work, setup=setup, teardown=teardown)

@@ -11,12 +11,10 @@ import datasets
 
 def map_shards_locally(todo: list[int], shard_input: Callable[[int], datasets.Dataset], *,
                        work: Callable[[Any, int, datasets.Dataset], dict[str, datasets.Dataset]],
-                       setup: Callable[[], Any], state: Any = None,
+                       setup: Callable[[], Any],
                        teardown: Callable[[Any], None] | None = None) -> Iterator[tuple[int, dict, float]]:
-    """Yield `(index, tables, seconds)` per shard; a given `state` is borrowed, a built one is torn down."""
-    own = state is None
-    if own:
-        state = setup()
+    """Yield `(index, tables, seconds)` per shard, with one state built by `setup` and closed by `teardown`."""
+    state = setup()
     try:
         for index in todo:
             shard = shard_input(index)
@@ -24,5 +22,5 @@ def map_shards_locally(todo: list[int], shard_input: Callable[[int], datasets.Da
             tables = work(state, index, shard)
             yield index, tables, time.perf_counter() - t0
     finally:
-        if own and teardown is not None:
+        if teardown is not None:
             teardown(state)

@@ -28,6 +28,7 @@ import datasets
 import pyarrow as pa
 
 from rlaif import errors
+from rlaif.config import RayConfig
 from rlaif.errors import ConfigError, RlaifError, RunError
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,6 @@ def map_shards_on_ray(todo: list[int], shard_input: Callable[[int], datasets.Dat
     `teardown` is not needed here: a replica's engine goes with its actor process.
     """
     if config is None:
-        from rlaif.config import RayConfig
-
         config = RayConfig()
     ray = import_ray()
     connect(config)

@@ -1,7 +1,7 @@
 """The evaluate stage: figures for this iteration's policy and reward model, stored in `iter-K/evaluate/`.
 
 - checked accuracy of greedy and of sampled answers on held-out prompts (tasks with a checker),
-  each with a 95% Wilson interval;
+  each with a 95% Wilson interval, and per `category` where the prompts have one;
 - reward-model accuracy on held-out pairs (chosen scored above rejected), with its interval;
 - win rate of the new policy against the previous one under a judge: a likelihood judge (no
   order to be biased by) or the pipeline's judge (pairwise judges ask both orders themselves).
@@ -9,17 +9,22 @@
 
 from __future__ import annotations
 
-import importlib
+import inspect
 import logging
 from pathlib import Path
 
 import datasets
 
 from rlaif.config import EvaluateConfig, PipelineConfig
-from rlaif.engines.base import GenerationRequest
+from rlaif.engines import GenerationRequest, resolve_model
 from rlaif.errors import ConfigError
+from rlaif.functions import load_function
+from rlaif.inputs import read_prompts
+from rlaif.judges import CandidateItem, PairItem, build_judge
+from rlaif.judges.likelihood import LikelihoodJudge
 from rlaif.records import SamplingParams
-from rlaif.runs import dump_json, iteration_dir, now
+from rlaif.runs import dump_json, iteration_dir, now, previous_policy
+from rlaif.stages.export import load_export
 from rlaif.stats import wilson
 
 log = logging.getLogger(__name__)
@@ -30,14 +35,6 @@ def proportion(k: float, n: int) -> dict:
     return {"value": k / n if n else None, "ci95": [lo, hi], "n": n}
 
 
-def load_checker(spec: str):
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(f"field 'evaluate.checker': cannot import {spec!r} as module:function ({e})") from None
-
-
 def answers(engine, prompts: datasets.Dataset, *, temperature: float, n: int, max_new_tokens: int,
             seed: int) -> list[list[str]]:
     """n answers per prompt (greedy when temperature is 0)."""
@@ -46,20 +43,65 @@ def answers(engine, prompts: datasets.Dataset, *, temperature: float, n: int, ma
     return [[c.text for c in r.completions] or [""] * n for r in results]
 
 
+def reads_columns(checker) -> bool:
+    """A checker with TRL's reward signature, `f(completions, **columns)`, rather than `f(answer, solution)`."""
+    try:
+        return "completions" in inspect.signature(checker).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def check_columns(checker, prompts: datasets.Dataset, solution_column: str) -> None:
+    """Refuse before generating when the prompts lack a column the checker reads."""
+    if not reads_columns(checker):
+        if solution_column not in prompts.column_names:
+            raise ConfigError(f"field 'evaluate.solution_column': the prompts have no {solution_column!r} column "
+                              f"(they have {prompts.column_names})")
+        return
+    params = inspect.signature(checker).parameters.values()
+    needed = [p.name for p in params if p.default is p.empty and p.name not in ("completions", "prompts")
+              and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    missing = [c for c in needed if c not in prompts.column_names]
+    if missing:
+        raise ConfigError(f"field 'evaluate.checker': it reads column(s) {missing} that the prompts lack "
+                          f"(they have {prompts.column_names})")
+
+
+def passed(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str) -> list[list[bool]]:
+    """Per prompt, whether each answer passes: `checker(answer, solution)`, or a TRL-signature checker
+    called with every prompt column, where a reward of at least .5 passes (None does not)."""
+    if not reads_columns(checker):
+        return [[bool(checker(a, sol)) for a in texts] for texts, sol in zip(outs, prompts[solution_column])]
+    index = [i for i, texts in enumerate(outs) for _ in texts]
+    columns = {c: [column[i] for i in index] for c, column in prompts.to_dict().items() if c != "id"}
+    values = checker(completions=[[{"role": "assistant", "content": a}] for texts in outs for a in texts],
+                     prompts=columns.pop("messages"), **columns)
+    flat = iter([v is not None and v >= 0.5 for v in values])
+    return [[next(flat) for _ in texts] for texts in outs]
+
+
+def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution_column: str) -> dict:
+    """Share of answers that pass, with a 95% Wilson interval; `by_category` too where prompts have a category."""
+    ok = passed(checker, prompts, outs, solution_column)
+    result = proportion(sum(map(sum, ok)), sum(map(len, ok)))
+    if "category" in prompts.column_names:
+        groups: dict[str, list[bool]] = {}
+        for category, row in zip(prompts["category"], ok):
+            groups.setdefault(str(category), []).extend(row)
+        result["by_category"] = {c: proportion(sum(g), len(g)) for c, g in sorted(groups.items())}
+    return result
+
+
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
                      n: int = 1, max_new_tokens: int = 32, seed: int = 0) -> dict:
     """Share of answers the checker accepts, with a 95% Wilson interval over all answers."""
-    if solution_column not in prompts.column_names:
-        raise ConfigError(f"field 'evaluate.solution_column': the prompts have no {solution_column!r} column "
-                          f"(they have {prompts.column_names})")
+    check_columns(checker, prompts, solution_column)
     outs = answers(engine, prompts, temperature=temperature, n=n, max_new_tokens=max_new_tokens, seed=seed)
-    right = sum(bool(checker(a, sol)) for texts, sol in zip(outs, prompts[solution_column]) for a in texts)
-    return proportion(right, len(outs) * n)
+    return accuracy(checker, prompts, outs, solution_column)
 
 
 def reward_model_accuracy(path: str, pairs: datasets.Dataset, *, batch_size: int = 64, device: str = "auto") -> dict:
     """How often the reward model scores the chosen response above the rejected one on held-out pairs."""
-    from rlaif.judges.base import CandidateItem
     from rlaif.judges.reward_model import RewardModelJudge
 
     judge = RewardModelJudge(path, device=device, batch_size=batch_size)
@@ -78,8 +120,6 @@ def win_rate(judge, prompts: datasets.Dataset, new: list[str], old: list[str]) -
     A pairwise judge compares each pair in both orders itself (its `preference` averages them);
     a scoring judge (likelihood, reward model, verifier) has no order: the higher score wins.
     """
-    from rlaif.judges.base import CandidateItem, PairItem
-
     differ = [i for i, (a, b) in enumerate(zip(new, old)) if a != b]
     prefs = {i: 0.5 for i in range(len(new)) if i not in set(differ)}
     rows = prompts.select(differ) if differ else None
@@ -101,17 +141,21 @@ def win_rate(judge, prompts: datasets.Dataset, new: list[str], old: list[str]) -
     return {**proportion(wins, len(new)), "ties": len(new) - len(decided), "judge": getattr(judge, "kind", "?")}
 
 
+def held_out_prompts(e: EvaluateConfig) -> datasets.Dataset:
+    """The first `evaluate.limit` prompts of `evaluate.prompts`."""
+    if not e.prompts:
+        raise ConfigError("field 'evaluate.prompts' is required: held-out prompts (a file or a source such as toy:test)")
+    prompts, _ = read_prompts(e.prompts)
+    return prompts.select(range(min(e.limit, len(prompts))))
+
+
 def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.policy") -> dict:
     """Greedy and sampled checked accuracy of one model on the held-out prompts (baselines, controls)."""
-    from rlaif.engines import resolve_model
-    from rlaif.inputs import read_prompts
-
     e = cfg.evaluate
     if not e.checker:
         return {}
-    prompts, _ = read_prompts(e.prompts)
-    prompts = prompts.select(range(min(e.limit, len(prompts))))
-    checker = load_checker(e.checker)
+    prompts = held_out_prompts(e)
+    checker = load_function(e.checker, "evaluate.checker")
     engine = _engine(resolve_model(model, field), e)
     try:
         gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
@@ -124,9 +168,6 @@ def policy_accuracy(cfg: PipelineConfig, model: str, field: str = "evaluate.poli
 
 
 def _policy_paths(cfg: PipelineConfig, run: str | Path, iteration: int) -> tuple[str | None, str | None]:
-    from rlaif.engines import resolve_model
-    from rlaif.stages.train import previous_policy
-
     e = cfg.evaluate
     new = e.policy or (str(iteration_dir(run, iteration) / "policy")
                        if (iteration_dir(run, iteration) / "policy").exists() else None)
@@ -145,19 +186,15 @@ def _engine(path: str, e: EvaluateConfig):
 
 def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, judge=None) -> dict:
     """Evaluate iteration K's policy (and reward model, if any); write `iter-K/evaluate/metrics.json`."""
-    from rlaif.inputs import read_prompts
-    from rlaif.stages.train import load_export
-
     e = cfg.evaluate
     it_dir = iteration_dir(run, iteration)
     new_path, old_path = _policy_paths(cfg, run, iteration)
     metrics: dict = {"iteration": iteration, "policy": new_path, "previous": old_path, "at": now()}
-    prompts, _ = read_prompts(e.prompts)
-    prompts = prompts.select(range(min(e.limit, len(prompts))))
+    prompts = held_out_prompts(e)
     gen = dict(max_new_tokens=e.max_new_tokens, seed=cfg.seed)
     new_engine = _engine(new_path, e) if new_path else None
     if new_engine is not None and e.checker:
-        checker = load_checker(e.checker)
+        checker = load_function(e.checker, "evaluate.checker")
         metrics["greedy_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column, **gen)
         metrics["sampled_accuracy"] = checked_accuracy(new_engine, prompts, checker, e.solution_column,
                                                        temperature=e.temperature, n=e.samples, **gen)
@@ -169,9 +206,8 @@ def run_evaluate(cfg: PipelineConfig, run: str | Path, *, iteration: int = 0, ju
         old_engine = _engine(old_path, e)
         old = [a[0] for a in answers(old_engine, prompts, temperature=0.0, n=1, **gen)]
         if e.checker:
-            checker = load_checker(e.checker)
-            metrics["previous_greedy_accuracy"] = proportion(
-                sum(bool(checker(a, s)) for a, s in zip(old, prompts[e.solution_column])), len(old))
+            checker = load_function(e.checker, "evaluate.checker")
+            metrics["previous_greedy_accuracy"] = accuracy(checker, prompts, [[a] for a in old], e.solution_column)
         old_engine.close()
         metrics["win_rate"] = win_rate(judge, prompts, new, old)
     rm_path = e.reward_model or (str(it_dir / "reward_model") if (it_dir / "reward_model").exists() else None)
@@ -195,20 +231,21 @@ def _judge(cfg: PipelineConfig, e: EvaluateConfig):
     if e.judge == "pipeline":
         if getattr(cfg, "judge", None) is None:
             raise ConfigError("field 'evaluate.judge': 'pipeline' needs a judge section in the pipeline file")
-        from rlaif.judges import build_judge
-
         return build_judge(cfg.judge, seed=cfg.seed)
-    from rlaif.engines import resolve_model
-    from rlaif.judges.likelihood import LikelihoodJudge
-
     return LikelihoodJudge(_engine(resolve_model(e.judge_model, "evaluate.judge_model"), e))
 
 
 def summary_rows(metrics: dict) -> dict:
-    """Flat rows for the CLI's summary table."""
+    """Flat rows for the CLI's summary table; greedy accuracy per category under it (all of them in metrics.json)."""
     rows = {}
     for key, value in metrics.items():
         if isinstance(value, dict) and "value" in value:
-            lo, hi = value["ci95"]
-            rows[key] = f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"
+            rows[key] = _with_ci(value)
+            if key == "greedy_accuracy":
+                rows.update({f"  {category}": _with_ci(v) for category, v in value.get("by_category", {}).items()})
     return rows
+
+
+def _with_ci(value: dict) -> str:
+    lo, hi = value["ci95"]
+    return f"{value['value']:.3f}  [{lo:.3f}, {hi:.3f}]  n={value['n']}"

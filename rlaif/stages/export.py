@@ -23,7 +23,8 @@ import datasets
 
 from rlaif.config import ExportConfig, PipelineConfig
 from rlaif.errors import ConfigError, InputError, RunError
-from rlaif.runs import atomic_write_bytes, load_table, read_manifest, stage_dir
+from rlaif.review.gate import check_gate, store_path
+from rlaif.runs import require_stage, sha256_file, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,6 @@ def review_gate(cfg: PipelineConfig, run: str, iteration: int, *, min_agreement:
     review (`iter-K/review/review.sqlite`), with `review.min_agreement` / `review.min_reviewed`, and
     when asked for (`--min-agreement`, which overrides the threshold, or `--reviewed-only`).
     """
-    from rlaif.review.gate import check_gate, store_path
-
     if min_agreement is None and not reviewed_only and not store_path(run, iteration).exists():
         return
 
@@ -158,8 +157,41 @@ def _sft(pairs: datasets.Dataset, conversational: bool) -> datasets.Dataset:
     return datasets.Dataset.from_list(rows)
 
 
-def save(data: datasets.DatasetDict, path: str | Path, fmt: str, kind: str) -> Path:
-    """Write `data` to `path` in `fmt`, replacing what was there (written beside, then renamed)."""
+EXPORT_RECORD = "rlaif_export.json"
+
+
+def file_hashes(directory: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of a saved export (not the record itself, not datasets' cache files)."""
+    return {str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != EXPORT_RECORD and not p.name.startswith("cache-")}
+
+
+def export_problems(directory: str | Path) -> list[str]:
+    """What differs between an export directory and the file hashes its record holds (none recorded: nothing)."""
+    directory = Path(directory)
+    record_path = directory / EXPORT_RECORD
+    if not record_path.exists():
+        return []
+    try:
+        recorded = json.loads(record_path.read_text()).get("files") or {}
+    except (ValueError, AttributeError):
+        return [f"{record_path}: damaged (not a JSON object)"]
+    found = file_hashes(directory)
+    problems = [f"{directory / name}: missing" for name in recorded if name not in found]
+    for name, facts in recorded.items():
+        if name in found and found[name] != facts:
+            how = "truncated or overwritten" if found[name]["bytes"] != facts["bytes"] else "sha256 mismatch"
+            problems.append(f"{directory / name}: not the file that was written ({how})")
+    return problems
+
+
+def save(data: datasets.DatasetDict, path: str | Path, fmt: str, kind: str, record: dict | None = None) -> Path:
+    """Write `data` to `path` in `fmt`, replacing what was there (written beside, then renamed).
+
+    `record` is written into the directory as rlaif_export.json together with the hashes of the files,
+    before the rename, so an export and its record always arrive together.
+    """
     _check(kind, fmt)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -176,6 +208,8 @@ def save(data: datasets.DatasetDict, path: str | Path, fmt: str, kind: str) -> P
                 ds.to_json(str(tmp / f"{split}.jsonl"), lines=True, force_ascii=False)
             else:
                 ds.to_parquet(str(tmp / f"{split}.parquet"))
+    if record is not None:
+        (tmp / EXPORT_RECORD).write_text(json.dumps({**record, "files": file_hashes(tmp)}, indent=2))
     if path.exists():
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -183,20 +217,40 @@ def save(data: datasets.DatasetDict, path: str | Path, fmt: str, kind: str) -> P
     return path
 
 
+def load_export(path: Path, kind: str) -> datasets.DatasetDict:
+    """A saved export (DatasetDict with a `train` split, or a bare Dataset) with the columns `kind` needs."""
+    if not path.exists():
+        raise InputError(f"{path}: no {kind} export; run `rlaif export` first or pass train.input")
+    problems = export_problems(path)
+    if problems:
+        raise RunError(f"{problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                       + "; rerun `rlaif export RUN` to write the export again")
+    try:
+        data = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise InputError(f"{path}: not a saved datasets directory ({e})") from None
+    if isinstance(data, datasets.Dataset):
+        data = datasets.DatasetDict({"train": data})
+    if "train" not in data:
+        raise InputError(f"{path}: expected a 'train' split, found {list(data)}")
+    missing = [c for c in TRAINER_COLUMNS[kind] if c not in data["train"].column_names]
+    if missing:
+        raise InputError(f"{path}: the {kind} export lacks column(s) {missing}; it has {data['train'].column_names}")
+    if len(data["train"]) == 0:
+        raise InputError(f"{path}: the train split is empty: nothing to train on")
+    return data
+
+
 def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_only: bool = False,
                min_agreement: float | None = None) -> dict:
     """Export `run/iter-K/filter/pairs` into `iter-K/export/<kind>/` (and `export.out`); returns a summary."""
     e: ExportConfig = cfg.export
-    filter_dir = stage_dir(run, "filter", iteration)
-    manifest = read_manifest(filter_dir)
-    if manifest is None or manifest.status != "complete":
-        raise RunError(f"{filter_dir}: the filter stage is {'missing' if manifest is None else 'unfinished'}; "
-                       f"run `rlaif filter {run}` first")
+    source = require_stage(run, "filter", iteration)
     review_gate(cfg, run, iteration, min_agreement=min_agreement, reviewed_only=reviewed_only)
-    pairs = apply_review(load_table(filter_dir, "pairs"), reviewed_only=reviewed_only)
+    pairs = apply_review(source.table("pairs"), reviewed_only=reviewed_only)
     seed = cfg.seed if e.split_seed is None else e.split_seed
     data = export(pairs, e.kind, conversational=e.conversational, test_size=e.test_size, seed=seed)
-    target = save(data, stage_dir(run, "export", iteration) / e.kind, "hf", e.kind)
+    target = stage_dir(run, "export", iteration) / e.kind
     summary = {"kind": e.kind, "conversational": e.conversational, "pairs read": len(pairs),
                **{f"{split} rows": len(ds) for split, ds in data.items()}, "path": str(target)}
     if e.kind == "unpaired":
@@ -204,7 +258,6 @@ def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_on
     if e.out:
         summary["copy"] = str(save(data, e.out, e.format, e.kind))
         summary["copy format"] = e.format
-    atomic_write_bytes(target / "rlaif_export.json", json.dumps(
-        {**summary, "filter_config_hash": manifest.config_hash, "test_size": e.test_size, "split_seed": seed},
-        indent=2).encode())
+    save(data, target, "hf", e.kind, record={**summary, "filter_config_hash": source.manifest.config_hash,
+                                             "test_size": e.test_size, "split_seed": seed})
     return summary

@@ -2,65 +2,43 @@
 
 `judge_shard` is the pure step (a Dataset of candidates -> the two tables); `judge` is the Python
 API; `run_judge` runs the stage over a run directory in resumable shards of whole prompts. The
-tables follow the contract at the end of `rlaif/records.py`.
+tables' columns are SCORE_FEATURES and COMPARISON_FEATURES in `rlaif/records.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from functools import partial
 
 import datasets
 import numpy as np
 
 from rlaif.config import JudgeConfig, PipelineConfig, config_hash
-from rlaif.errors import RunError
+from rlaif.engines.ledger import CallLedger, attach_ledger, usage_summary
+from rlaif.engines import resolve_model
+from rlaif.functions import load_function
 from rlaif.judges import CandidateItem, build_judge
+from rlaif.judges.prompting import judge_template
 from rlaif.judges.ranking import rank_groups
-from rlaif.progress import StageProgress
-from rlaif.records import CANDIDATE_FEATURES, StageManifest
-from rlaif.runs import StageWriter, fingerprint_files, load_table, read_manifest, shard_name, stage_dir
-from rlaif.scale import map_shards
+from rlaif.records import (CARRIED_COLUMNS, COMPARISON_FEATURES, JUDGE_FEATURES, PROVENANCE_COLUMNS, SCORE_FEATURES,
+                           StageManifest, extra_columns, with_columns)
+from rlaif.runs import ShardPlan, Upstream, load_table, run_sharded
 
 log = logging.getLogger(__name__)
 
 THROUGHPUT_ONLY = {"batch_size", "max_concurrency", "timeout_s", "max_retries", "api_key_env", "shard_size"}
-CARRIED = ["prompt_id", "candidate_index", "prompt", "text", "num_tokens", "finish_reason", "failure"]
-PROVENANCE_FEATURES = {k: datasets.Value("string") for k in
-                       ("judge_kind", "judge_model", "judge_engine", "template_name", "template_sha256")}
-JUDGE_SCORE_FEATURES = {
-    "score": datasets.Value("float64"),
-    "score_distribution": [datasets.Value("float64")],
-    "strength": datasets.Value("float64"),
-    "rank": datasets.Value("int32"),
-    "judge_failure": datasets.Value("string"),
-    "raw_text": datasets.Value("string"),
-    **PROVENANCE_FEATURES,
-}
-COMPARISON_FEATURES = datasets.Features({
-    "prompt_id": datasets.Value("string"),
-    "candidate_a": datasets.Value("int32"),
-    "candidate_b": datasets.Value("int32"),
-    "p_a_first": datasets.Value("float64"),
-    "p_b_first": datasets.Value("float64"),
-    "preference": datasets.Value("float64"),
-    "consistent": datasets.Value("bool"),
-    "tie": datasets.Value("bool"),
-    "raw_text_ab": datasets.Value("string"),
-    "raw_text_ba": datasets.Value("string"),
-    "judge_failure": datasets.Value("string"),
-    **PROVENANCE_FEATURES,
-})
+# The judge's own columns of a scores row (the provenance columns are the judge's, the same on every row).
+VERDICT_COLUMNS = [c for c in JUDGE_FEATURES if c not in PROVENANCE_COLUMNS]
+NOT_JUDGED = {**dict.fromkeys(VERDICT_COLUMNS), "judge_failure": "not judged: generation failed"}
 
 
 def judge_shard(candidates: datasets.Dataset, judge, *, schedule: str = "all-pairs", ranking: str = "bradley-terry",
                 tie_band: float = 0.05) -> dict[str, datasets.Dataset]:
     """Judge one shard of candidates: {"scores": ..., "comparisons": ...} (comparisons for pairwise judges)."""
     rows = candidates.to_list()
-    extras = [c for c in candidates.column_names if c not in CANDIDATE_FEATURES]
+    extras = extra_columns(candidates.features)
     judged = [k for k, r in enumerate(rows) if r["failure"] is None]
-    scores: list[tuple] = [(None, None, None, None, None, "not judged: generation failed", None)] * len(rows)
+    verdicts: list[dict] = [NOT_JUDGED] * len(rows)
     tables: dict[str, datasets.Dataset] = {}
     if judge.kind == "pairwise":
         groups: dict[str, list[tuple[int, str]]] = {}
@@ -73,37 +51,35 @@ def judge_shard(candidates: datasets.Dataset, judge, *, schedule: str = "all-pai
         judgments, ranked = rank_groups(groups, prompts, judge, schedule, ranking, tie_band) if groups else ([], {})
         for pid, per in ranked.items():
             for index, (strength, rank) in per.items():
-                scores[where[(pid, index)]] = (strength, None, strength, rank, None, None, None)
+                verdicts[where[(pid, index)]] = {**dict.fromkeys(VERDICT_COLUMNS), "score": strength,
+                                                 "strength": strength, "rank": rank}
         comps = [j.model_dump() for j in judgments]
         tables["comparisons"] = datasets.Dataset.from_dict(
             {c: [row[c] for row in comps] for c in COMPARISON_FEATURES}, features=COMPARISON_FEATURES)
     else:
         items = [CandidateItem(rows[k]["prompt"], rows[k]["text"], {c: rows[k][c] for c in extras}) for k in judged]
         for k, s in zip(judged, judge.score(items) if items else []):
-            scores[k] = (s.score, s.distribution, None, None, s.failure, s.raw_text, None)
-        _rank_by_score(rows, scores)
-    prov = judge.provenance.columns()
-    out = {c: [r[c] for r in rows] for c in CARRIED + extras}
-    for n, name in enumerate(["score", "score_distribution", "strength", "rank", "judge_failure", "raw_text"]):
-        out[name] = [s[n] for s in scores]
-    for name, value in prov.items():
-        out[name] = [value] * len(rows)
-    features = datasets.Features({**{c: CANDIDATE_FEATURES[c] for c in CARRIED},
-                                  **{c: candidates.features[c] for c in extras}, **JUDGE_SCORE_FEATURES})
+            verdicts[k] = {**dict.fromkeys(VERDICT_COLUMNS), "score": s.score, "score_distribution": s.distribution,
+                           "judge_failure": s.failure, "raw_text": s.raw_text}
+        _rank_by_score(rows, verdicts)
+    out = {c: [r[c] for r in rows] for c in [*CARRIED_COLUMNS, *extras]}
+    out.update({c: [v[c] for v in verdicts] for c in VERDICT_COLUMNS})
+    out.update({c: [value] * len(rows) for c, value in judge.provenance.columns().items()})
+    features = with_columns({c: SCORE_FEATURES[c] for c in CARRIED_COLUMNS},
+                            {c: candidates.features[c] for c in extras}, JUDGE_FEATURES)
     tables["scores"] = datasets.Dataset.from_dict(out, features=features)
     return tables
 
 
-def _rank_by_score(rows: list[dict], scores: list[tuple]) -> None:
+def _rank_by_score(rows: list[dict], verdicts: list[dict]) -> None:
     """Scoring judges: rank each prompt's scored candidates by score (0 = best); strength stays null."""
     by_prompt: dict[str, list[int]] = {}
     for k, r in enumerate(rows):
-        if scores[k][0] is not None:
+        if verdicts[k]["score"] is not None:
             by_prompt.setdefault(r["prompt_id"], []).append(k)
     for ks in by_prompt.values():
-        for rank, k in enumerate(sorted(ks, key=lambda k: (-scores[k][0], rows[k]["candidate_index"]))):
-            s = scores[k]
-            scores[k] = (s[0], s[1], s[2], rank, s[4], s[5], s[6])
+        for rank, k in enumerate(sorted(ks, key=lambda k: (-verdicts[k]["score"], rows[k]["candidate_index"]))):
+            verdicts[k] = {**verdicts[k], "rank": rank}
 
 
 def prompt_bounds(prompt_ids: list[str]) -> list[tuple[int, int]]:
@@ -181,53 +157,65 @@ def summarise(directory, kind: str, seconds: float) -> dict:
 
 
 def run_judge(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False, progress: bool = True,
-              engine=None) -> StageManifest:
-    """Run the judge stage into `run/iter-K/judge/`, resuming finished shards."""
+              engine=None, record: bool = False) -> StageManifest:
+    """Run the judge stage into `run/iter-K/judge/`, resuming finished shards.
+
+    `engine`: an engine the caller owns and keeps (local executor), instead of loading `judge.model`.
+    """
+    plan = partial(judge_plan, cfg, engine=engine, run=run, iteration=iteration, overwrite=overwrite)
+    return run_sharded("judge", run, iteration, plan, after="generate", overwrite=overwrite, progress=progress,
+                       record=cfg if record else None)
+
+
+def judge_plan(cfg: PipelineConfig, upstream: Upstream, engine=None, run: str | None = None, iteration: int = 0,
+               overwrite: bool = False) -> ShardPlan:
+    """The judge stage's shards: `judge.shard_size` whole prompts' candidates each.
+
+    A model judge on an openai engine this stage builds answers from and into the run's call ledger.
+    """
     j = cfg.judge
-    source = stage_dir(run, "generate", iteration)
-    gen = read_manifest(source)
-    if gen is None or gen.status != "complete":
-        raise RunError(f"{source}: the generate stage is not complete; run `rlaif generate` first")
-    candidates = load_table(source, "candidates")
-    files = [source / "candidates" / shard_name(i) for i in sorted(gen.finished())]
+    candidates = upstream.table("candidates")
     template_sha = None
+    if j.kind != "verifier" and j.engine != "openai" and engine is None and j.model:
+        resolve_model(j.model, "judge.model")  # a bad model name fails here, before the run directory is touched
     if j.kind == "verifier":  # a bad module:function fails here, before the run directory is touched
-        from rlaif.judges.verifier import load_function
-
-        load_function(j.verifier)
+        load_function(j.verifier, "judge.verifier")
     if j.kind in ("pairwise", "pointwise"):
-        from rlaif.judges.prompting import judge_template
-
         template_sha = judge_template(j.template or ("pairwise" if j.kind == "pairwise" else "additive")).sha256
     bounds = prompt_bounds(candidates["prompt_id"])
-    num_shards = max(1, math.ceil(len(bounds) / j.shard_size))
-    writer = StageWriter(
-        stage_dir(run, "judge", iteration), stage="judge",
-        config_hash=config_hash(j, cfg.seed, template_sha, exclude=THROUGHPUT_ONLY),
-        input_fingerprint=fingerprint_files(files),
-        config={**j.model_dump(mode="json", exclude=THROUGHPUT_ONLY), "seed": cfg.seed, "template_sha256": template_sha},
-        num_shards=num_shards, shard_size=j.shard_size, overwrite=overwrite)
-    todo = [i for i in range(num_shards) if i not in writer.done]
-    if not todo and writer.complete:
-        log.info("judge: all %d shards already done in %s", num_shards, writer.dir)
-        return writer.manifest
+    chunks = [bounds[s:s + j.shard_size] for s in range(0, len(bounds), j.shard_size)] or [[]]
+    borrowed = engine is not None and cfg.executor == "local"
+    ledger = CallLedger.for_run(run, "judge", iteration, fresh=overwrite) if run is not None and engine is None \
+        and j.engine == "openai" and j.kind in ("pairwise", "pointwise", "likelihood") else None
 
     def shard_input(i: int) -> datasets.Dataset:
-        chunk = bounds[i * j.shard_size:(i + 1) * j.shard_size]
+        chunk = chunks[i]
         return candidates.select(range(chunk[0][0], chunk[-1][1])) if chunk else candidates.select([])
 
-    # the executor (rlaif.scale) runs judge_shard locally or on Ray replicas; this driver writes every shard
-    borrowed = build_judge(j, engine, cfg.seed) if engine is not None and todo and cfg.executor == "local" else None
-    shards = map_shards(cfg.executor, todo, shard_input, ray_config=cfg.ray, state=borrowed,
-                        work=partial(judge_work, schedule=j.schedule, ranking=j.ranking, tie_band=j.tie_band),
-                        setup=partial(build_judge, j, None, cfg.seed), teardown=close_judge)
-    done_rows = len(candidates) - sum(_shard_rows(bounds, i, j.shard_size) for i in todo)
-    with StageProgress("judge", total=len(candidates), done=done_rows, unit="candidates", enabled=progress) as bar:
-        for i, tables, seconds in shards:
-            writer.write_shard(i, tables, seconds, shard_counts(tables))
-            bar.advance(len(tables["scores"]))
-    seconds = sum(s.seconds for s in writer.manifest.shards.values())
-    return writer.finish(summarise(writer.dir, j.kind, seconds))
+    def summary(writer) -> dict:
+        out = summarise(writer.dir, j.kind, sum(s.seconds for s in writer.manifest.shards.values()))
+        return {**out, **usage_summary(ledger, "judge", iteration, cfg.pricing)} if ledger is not None else out
+
+    return ShardPlan(
+        config={**j.model_dump(mode="json", exclude=THROUGHPUT_ONLY), "seed": cfg.seed, "template_sha256": template_sha},
+        config_hash=config_hash(j, cfg.seed, template_sha, exclude=THROUGHPUT_ONLY),
+        input_fingerprint=upstream.fingerprint("candidates"),
+        shard_size=j.shard_size,
+        shard_rows=[chunk[-1][1] - chunk[0][0] if chunk else 0 for chunk in chunks],
+        shard_input=shard_input,
+        work=partial(judge_work, schedule=j.schedule, ranking=j.ranking, tie_band=j.tie_band),
+        setup=partial(build_judge, j, engine, cfg.seed) if borrowed else partial(judge_replica, j, cfg.seed, ledger),
+        teardown=None if borrowed else close_judge,
+        counts=lambda i, tables: shard_counts(tables),
+        summarise=summary,
+        unit="candidates", executor=cfg.executor, ray_config=cfg.ray)
+
+
+def judge_replica(j: JudgeConfig, seed: int, ledger: CallLedger | None = None):
+    """The judge one worker holds; an openai engine it builds answers from and into the run's ledger."""
+    judge_obj = build_judge(j, None, seed)
+    attach_ledger(getattr(judge_obj, "engine", None), ledger)
+    return judge_obj
 
 
 def judge_work(judge_obj, index: int, shard: datasets.Dataset, *, schedule: str, ranking: str,
@@ -240,8 +228,3 @@ def close_judge(judge_obj) -> None:
     engine = getattr(judge_obj, "engine", None)
     if engine is not None and hasattr(engine, "close"):
         engine.close()
-
-
-def _shard_rows(bounds, i: int, size: int) -> int:
-    chunk = bounds[i * size:(i + 1) * size]
-    return chunk[-1][1] - chunk[0][0] if chunk else 0

@@ -13,16 +13,16 @@ import logging
 from collections import Counter
 
 import datasets
-import pyarrow.parquet as pq
 
 from rlaif.config import PipelineConfig, config_hash
 from rlaif.errors import RunError
-from rlaif.records import ShardRecord, StageManifest
+from rlaif.records import VERDICT_FEATURES, StageManifest
 from rlaif.review.gate import check_gate, store_path
 from rlaif.review.sampler import check_pairs, draw_sample
+from rlaif.review.simulated import simulate
+from rlaif.review.stats import review_statistics
 from rlaif.review.store import ReviewStore
-from rlaif.runs import MANIFEST, atomic_write_bytes, fingerprint_files, load_table, now, package_versions, \
-    read_manifest, shard_name, stage_dir
+from rlaif.runs import StageWriter, now, require_stage, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,13 @@ STATUS_OF_LABEL = {"chosen": "agreed", "rejected": "disagreed", "tie": "tie", "b
 CAUTION = ["disagreed", "both-bad", "tie", "agreed"]
 
 
-def _pairs_fingerprint(run: str, iteration: int) -> str:
-    directory = stage_dir(run, "filter", iteration)
-    manifest = read_manifest(directory)
-    if manifest is None:
-        raise RunError(f"{directory}: no {MANIFEST}; run the filter stage first (it writes the pairs people review)")
-    return fingerprint_files([directory / "pairs" / shard_name(i) for i in sorted(manifest.finished())
-                              if (directory / "pairs" / shard_name(i)).exists()])
-
-
 def open_review(cfg: PipelineConfig, run: str, iteration: int = 0) -> ReviewStore:
     """The iteration's review store, drawing the sample on first use."""
     r = cfg.review
     seed = cfg.seed if r.seed is None else r.seed
     sampling = {**r.model_dump(mode="json", include=SAMPLING_FIELDS), "seed": seed}
-    fingerprint = _pairs_fingerprint(run, iteration)
+    source = require_stage(run, "filter", iteration)
+    fingerprint = source.fingerprint("pairs")
     path = store_path(run, iteration)
     if path.exists():
         store = ReviewStore(path)
@@ -63,9 +55,8 @@ def open_review(cfg: PipelineConfig, run: str, iteration: int = 0) -> ReviewStor
                            f"{[sampling[k] for k in changed]} now); "
                            "restore them to continue this review, or move the store away to draw a new sample.")
         return store
-    source = stage_dir(run, "filter", iteration)
-    pairs = load_table(source, "pairs")
-    check_pairs(pairs, f"{source}/pairs")
+    pairs = source.table("pairs")
+    check_pairs(pairs, f"{source.dir}/pairs")
     sample, design = draw_sample(pairs, r, seed)
     meta = {"design": design, "sampling": sampling, "assignment": r.assignment, "reviewers": r.reviewers,
             "overlap": r.overlap, "seed": seed, "pairs_fingerprint": fingerprint, "created_at": now()}
@@ -75,11 +66,9 @@ def open_review(cfg: PipelineConfig, run: str, iteration: int = 0) -> ReviewStor
 
 def simulate_review(cfg: PipelineConfig, run: str, iteration: int = 0) -> dict[str, int]:
     """Answer the sample with `review.simulated_reviewers` simulated reviewers (labelled simulated)."""
-    from rlaif.review.simulated import simulate
-
     store = open_review(cfg, run, iteration)
     seed = cfg.seed if cfg.review.seed is None else cfg.review.seed
-    return simulate(store, cfg.review.simulated_reviewers, cfg.review.noise, seed)
+    return simulate(store, cfg.review.checker, cfg.review.simulated_reviewers, cfg.review.noise, seed)
 
 
 def review_status(verdicts: list[dict]) -> dict[str, dict]:
@@ -98,8 +87,6 @@ def review_status(verdicts: list[dict]) -> dict[str, dict]:
 
 def review_stats(cfg: PipelineConfig, run: str, iteration: int = 0) -> StageManifest:
     """Compute the statistics and the gate; write them into iter-K/review/manifest.json."""
-    from rlaif.review.stats import review_statistics
-
     store = open_review(cfg, run, iteration)
     meta = store.meta()
     verdicts = store.current_verdicts()
@@ -107,22 +94,15 @@ def review_stats(cfg: PipelineConfig, run: str, iteration: int = 0) -> StageMani
     gate = check_gate(run, iteration, cfg.review.min_agreement, cfg.review.min_reviewed)
     stats["gate"] = {"passed": gate.passed, "message": gate.message, "min_agreement": cfg.review.min_agreement,
                      "min_reviewed": cfg.review.min_reviewed}
-    directory = stage_dir(run, "review", iteration)
     status = review_status(verdicts)
     table = datasets.Dataset.from_dict({
         "pair_id": list(status), "review_status": [s["review_status"] for s in status.values()],
-        "reviews": [s["reviews"] for s in status.values()],
-        "simulated": [stats["simulated"]] * len(status)},
-        features=datasets.Features({"pair_id": datasets.Value("string"), "review_status": datasets.Value("string"),
-                                    "reviews": datasets.Value("int32"), "simulated": datasets.Value("bool")}))
-    (directory / "verdicts").mkdir(parents=True, exist_ok=True)
-    tmp = directory / "verdicts" / f".{shard_name(0)}.tmp"
-    pq.write_table(table.data.table, tmp)
-    tmp.replace(directory / "verdicts" / shard_name(0))
-    manifest = StageManifest(
-        stage="review", config_hash=config_hash(cfg.review), input_fingerprint=meta["pairs_fingerprint"],
-        config=cfg.review.model_dump(mode="json"), num_shards=1, shard_size=len(status),
-        shards={"00000": ShardRecord(rows={"verdicts": len(status)}, seconds=0.0)}, status="complete",
-        started_at=meta["created_at"], finished_at=now(), versions=package_versions(), summary=stats)
-    atomic_write_bytes(directory / MANIFEST, manifest.model_dump_json(indent=2).encode())
+        "reviews": [s["reviews"] for s in status.values()], "simulated": [stats["simulated"]] * len(status)},
+        features=VERDICT_FEATURES)
+    # a snapshot of the verdicts so far: each call replaces the last one (the store beside it stays)
+    writer = StageWriter(stage_dir(run, "review", iteration), stage="review", config_hash=config_hash(cfg.review),
+                         input_fingerprint=meta["pairs_fingerprint"], config=cfg.review.model_dump(mode="json"),
+                         num_shards=1, shard_size=len(status), overwrite=True)
+    writer.write_shard(0, {"verdicts": table}, 0.0)
+    manifest = writer.finish(stats)
     return manifest

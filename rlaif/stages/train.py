@@ -20,9 +20,15 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import PipelineConfig, config_hash
-from rlaif.errors import ConfigError, InputError, RunError
-from rlaif.runs import dump_json, fingerprint_files, iteration_dir, package_versions
-from rlaif.train.common import ProgressCallback, TrainResult, read_meta, save_final, summarise, timed_train
+from rlaif.engines import resolve_model
+from rlaif.errors import ConfigError, RunError
+from rlaif.inputs import read_prompts
+from rlaif.judges import build_judge
+from rlaif.runs import (dump_json, fingerprint_files, iteration_dir, package_versions, previous_policy, record_config,
+                        stage_lock)
+from rlaif.stages.export import load_export
+from rlaif.train.common import (ChecksumCallback, ProgressCallback, TrainResult, checkpoint_problem, read_meta,
+                                save_final, summarise, timed_train)
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +37,6 @@ EVAL_KEYS = {"eval_loss", "eval_accuracy", "eval_margin", "eval_rewards/accuraci
 
 METHODS = ("rm", "dpo", "kto", "sft", "grpo")
 EXPORT_KIND = {"rm": "preference", "dpo": "preference", "kto": "unpaired", "sft": "sft", "grpo": "preference"}
-REQUIRED = {"preference": ["prompt", "chosen", "rejected"], "unpaired": ["prompt", "completion", "label"],
-            "sft": ["messages"]}
 # Settings that change where or how often things are written, not the trained weights.
 THROUGHPUT_ONLY = {"save_steps", "save_total_limit", "keep_checkpoints", "logging_steps", "device", "input", "method"}
 
@@ -41,19 +45,8 @@ def target_dir(run: str | Path, iteration: int, method: str) -> Path:
     return iteration_dir(run, iteration) / ("reward_model" if method == "rm" else "policy")
 
 
-def previous_policy(run: str | Path, iteration: int) -> Path | None:
-    """The latest earlier iteration's trained policy, if any."""
-    for k in range(iteration - 1, -1, -1):
-        path = iteration_dir(run, k) / "policy"
-        if (path / "config.json").exists() or (path / "adapter_config.json").exists():
-            return path
-    return None
-
-
 def resolve_base(cfg: PipelineConfig, run: str | Path, iteration: int) -> str:
     """train.base, else the previous iteration's policy, else generate.model."""
-    from rlaif.engines import resolve_model
-
     if cfg.train.base:
         return resolve_model(cfg.train.base, "train.base")
     prev = previous_policy(run, iteration)
@@ -61,33 +54,11 @@ def resolve_base(cfg: PipelineConfig, run: str | Path, iteration: int) -> str:
         return str(prev)
     if cfg.generate.model:
         return resolve_model(cfg.generate.model, "generate.model")
-    raise ConfigError("field 'train.base' is required: the model to start from (flag --base), e.g. toy:policy")
-
-
-def load_export(path: Path, kind: str) -> datasets.DatasetDict:
-    """A saved export (DatasetDict with a `train` split, or a bare Dataset) with the columns `kind` needs."""
-    if not path.exists():
-        raise InputError(f"{path}: no {kind} export; run `rlaif export` first or pass train.input")
-    try:
-        data = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError) as e:
-        raise InputError(f"{path}: not a saved datasets directory ({e})") from None
-    if isinstance(data, datasets.Dataset):
-        data = datasets.DatasetDict({"train": data})
-    if "train" not in data:
-        raise InputError(f"{path}: expected a 'train' split, found {list(data)}")
-    missing = [c for c in REQUIRED[kind] if c not in data["train"].column_names]
-    if missing:
-        raise InputError(f"{path}: the {kind} export lacks column(s) {missing}; it has {data['train'].column_names}")
-    if len(data["train"]) == 0:
-        raise InputError(f"{path}: the train split is empty: nothing to train on")
-    return data
+    raise ConfigError("field 'train.base' is required: the model to start from (flag --base): a model name or path, or a registered source such as toy:policy")
 
 
 def grpo_prompts(cfg: PipelineConfig, export: datasets.DatasetDict | None) -> tuple[datasets.Dataset, str]:
     """GRPO's prompt set: `prompt` (messages) plus extra columns the reward reads (e.g. `solution`)."""
-    from rlaif.inputs import read_prompts
-
     if cfg.train.grpo.prompts:
         prompts, fingerprint = read_prompts(cfg.train.grpo.prompts)
         return prompts.rename_column("messages", "prompt").remove_columns(["id"]), fingerprint
@@ -123,6 +94,10 @@ def last_complete_checkpoint(work: Path) -> str | None:
     found = sorted((int(p.name.split("-")[-1]), p) for p in work.glob("checkpoint-*") if p.name.split("-")[-1].isdigit())
     for _, path in reversed(found):
         if (path / "trainer_state.json").exists():
+            problem = checkpoint_problem(path)
+            if problem:
+                raise RunError(f"{problem}; delete {path} to resume from the checkpoint before it, or rerun "
+                               "with --overwrite to train from the start")
             return str(path)
         log.warning("train: removing the incomplete checkpoint %s (killed while saving)", path)
         shutil.rmtree(path, ignore_errors=True)
@@ -137,14 +112,14 @@ def _fingerprint(path: Path) -> str:
 
 
 def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None, iteration: int = 0,
-              overwrite: bool = False, progress: bool = True, judge=None, target: Path | None = None) -> TrainResult:
+              overwrite: bool = False, progress: bool = True, judge=None, target: Path | None = None,
+              record: bool = False) -> TrainResult:
     """Train `method` on this iteration's export; resume from the last checkpoint; save the final one.
 
-    `target` saves the checkpoint elsewhere than iter-K/policy (e.g. the loop's SFT control).
+    `target` saves the checkpoint elsewhere than iter-K/policy (e.g. the loop's SFT control). One
+    training writes into an iteration at a time (a lock on iter-K/train/). `record` writes the config
+    to RUN/pipeline.yaml once these settings are accepted (the CLI does).
     """
-    from transformers import AutoTokenizer, set_seed
-    from transformers.trainer_callback import PrinterCallback
-
     t = cfg.train
     method = method or t.method
     if method not in METHODS:
@@ -177,6 +152,20 @@ def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None
                        "pass --overwrite to replace it, or train into another iteration (--iteration)")
 
     work = it_dir / "train" / (method if target == target_dir(run, iteration, method) else f"{method}-{target.name}")
+    with stage_lock(it_dir / "train"):  # the settings are checked: from here on this process writes
+        return _fit(cfg, run, iteration, method, base, train, eval_set, export_path, settings, digest, work, target,
+                    overwrite=overwrite, progress=progress, judge=judge, record=record)
+
+
+def _fit(cfg: PipelineConfig, run, iteration: int, method: str, base: str, train, eval_set, export_path: Path,
+         settings: dict, digest: str, work: Path, target: Path, *, overwrite: bool, progress: bool, judge,
+         record: bool) -> TrainResult:
+    """Train in `work` (resuming its last intact checkpoint) and save the final checkpoint into `target`."""
+    from transformers import AutoTokenizer, set_seed
+    from transformers.trainer_callback import PrinterCallback
+
+    t = cfg.train
+    seed = settings["seed"]
     stored = work / "settings.json"
     if overwrite and work.exists():
         shutil.rmtree(work)
@@ -190,13 +179,15 @@ def run_train(cfg: PipelineConfig, run: str | Path, *, method: str | None = None
         shutil.rmtree(work)  # nothing resumable: stale logs of an earlier attempt go
     work.mkdir(parents=True, exist_ok=True)
     dump_json(stored, {"config_hash": digest, **settings})
+    if record:
+        record_config(cfg, run)
     if resume:
         log.info("train: resuming %s from %s", method, resume)
 
     quiet_libraries()
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    callbacks = [ProgressCallback(f"train {method}", progress)]
+    callbacks = [ProgressCallback(f"train {method}", progress), ChecksumCallback()]
     trainer = _build(method, base, train, cfg, work, seed, tokenizer, eval_set, callbacks, run, iteration, judge)
     trainer.remove_callback(PrinterCallback)  # our bar and summary replace the printed log dicts
     seconds = timed_train(trainer, resume)
@@ -219,8 +210,6 @@ def _build(method, base, train, cfg, work, seed, tokenizer, eval_set, callbacks,
     t = cfg.train
     reference = None
     if t.reference:
-        from rlaif.engines import resolve_model
-
         reference = resolve_model(t.reference, "train.reference")
     if method == "sft":
         from rlaif.train.sft import build_sft_trainer
@@ -241,8 +230,6 @@ def _build(method, base, train, cfg, work, seed, tokenizer, eval_set, callbacks,
     from rlaif.train.grpo import build_grpo_trainer, resolve_reward
 
     if t.grpo.reward == "judge" and judge is None and getattr(cfg, "judge", None) is not None:
-        from rlaif.judges import build_judge
-
         judge = build_judge(cfg.judge, seed=seed)
     reward = resolve_reward(t.grpo.reward, target_dir(run, iteration, "rm"), judge)
     return build_grpo_trainer(base, train, t, work, seed, tokenizer, reward, None, callbacks)

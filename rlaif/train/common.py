@@ -2,7 +2,8 @@
 
 The wrappers in this package only map our `TrainConfig` onto TRL's configs; TRL does the
 training. Defaults that hurt on CPU or on small models (bf16 everywhere, gradient
-checkpointing, lr 1e-6, max_length 1024, reporting to wandb) are set here once.
+checkpointing, max_length 1024, reporting to wandb) are set here once; each method's learning
+rate, beta and loss live in the config (`train.<method>`), so RUN/pipeline.yaml shows them.
 """
 
 from __future__ import annotations
@@ -21,27 +22,11 @@ from transformers import TrainerCallback
 from rlaif.config import LoraBlock, TrainConfig
 from rlaif.errors import ConfigError
 from rlaif.progress import StageProgress
+from rlaif.runs import atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
 TRAIN_META = "rlaif_train.json"
-
-# Learning rate, beta and loss defaults per method, measured on the toy task (see FACTS.md):
-# plain DPO at lr 1e-4 made the toy policy worse; lr 1e-5 with beta .5 helped.
-METHOD_DEFAULTS: dict[str, dict] = {
-    "sft": {"learning_rate": 1e-4, "loss_type": ["nll"]},
-    "rm": {"learning_rate": 1e-4},
-    "dpo": {"learning_rate": 1e-5, "beta": 0.5, "loss_type": ["sigmoid"]},
-    "kto": {"learning_rate": 1e-5, "beta": 0.1, "loss_type": ["kto"]},
-    "grpo": {"learning_rate": 1e-4},
-}
-
-
-def setting(cfg: TrainConfig, method: str, name: str):
-    """A train setting, or the method's default when the config leaves it null."""
-    value = getattr(cfg, name)
-    return METHOD_DEFAULTS[method].get(name) if value is None else value
-
 
 def on_gpu(cfg: TrainConfig) -> bool:
     if cfg.device == "cpu":
@@ -69,7 +54,7 @@ def trainer_args(cfg: TrainConfig, method: str, output_dir: Path, seed: int) -> 
         output_dir=str(output_dir),
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps or -1,
-        learning_rate=setting(cfg, method, "learning_rate"),
+        learning_rate=cfg.setting(method, "learning_rate"),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         lr_scheduler_type=cfg.lr_scheduler,
@@ -108,6 +93,41 @@ def lora_config(block: LoraBlock | None, task_type: str):
         raise ConfigError("field 'train.lora' needs the peft package: pip install peft") from None
     return LoraConfig(r=block.r, lora_alpha=block.alpha, lora_dropout=block.dropout,
                       target_modules=block.target_modules, task_type=task_type)
+
+
+CHECKSUMS = "rlaif_checksums.json"
+
+
+class ChecksumCallback(TrainerCallback):
+    """After the Trainer saves `checkpoint-N`, record size and sha256 of its files, so a resume can tell a
+    damaged checkpoint from an intact one (safetensors and torch files carry no checksum of their own)."""
+
+    def on_save(self, args, state, control, **kw):
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if ckpt.is_dir():
+            files = {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+                     for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != CHECKSUMS}
+            atomic_write_bytes(ckpt / CHECKSUMS, json.dumps(files, indent=1).encode())
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """What differs between a checkpoint and the checksums recorded when it was saved (none recorded: None)."""
+    record = ckpt / CHECKSUMS
+    if not record.exists():
+        return None
+    try:
+        recorded = json.loads(record.read_text())
+    except ValueError:
+        return f"{record}: not valid JSON"
+    for name, facts in recorded.items():
+        path = ckpt / name
+        if not path.exists():
+            return f"{path}: missing"
+        if path.stat().st_size != facts["bytes"]:
+            return f"{path}: {path.stat().st_size} bytes, but {facts['bytes']} were saved (truncated or overwritten)"
+        if sha256_file(path) != facts["sha256"]:
+            return f"{path}: content differs from what was saved (sha256 mismatch)"
+    return None
 
 
 class ProgressCallback(TrainerCallback):

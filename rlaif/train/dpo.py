@@ -12,7 +12,7 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import TrainConfig
-from rlaif.train.common import lora_config, setting, trainer_args
+from rlaif.train.common import lora_config, trainer_args
 from rlaif.train.reward import PAIR_COLUMNS
 
 
@@ -23,7 +23,7 @@ def build_dpo_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, outp
     from trl import DPOConfig, DPOTrainer
 
     args = DPOConfig(**trainer_args(cfg, "dpo", output_dir, seed), max_length=cfg.max_length,
-                     beta=setting(cfg, "dpo", "beta"), loss_type=list(setting(cfg, "dpo", "loss_type")),
+                     beta=cfg.setting("dpo", "beta"), loss_type=list(cfg.setting("dpo", "loss_type")),
                      loss_weights=cfg.loss_weights)
     ref_model = AutoModelForCausalLM.from_pretrained(reference) if reference and reference != base else None
     return DPOTrainer(model=base, ref_model=ref_model, args=args, train_dataset=train.select_columns(PAIR_COLUMNS),

@@ -7,28 +7,15 @@ judge wrapped as such a function. Prompt columns other than `prompt` (e.g. `solu
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import datasets
 
+from rlaif import rewards
 from rlaif.config import TrainConfig
 from rlaif.errors import ConfigError
+from rlaif.functions import load_function
 from rlaif.train.common import lora_config, trainer_args
-
-
-def load_function(spec: str, field: str):
-    """`package.module:function` -> the function, with an error that names the field."""
-    module_name, _, name = spec.partition(":")
-    if not module_name or not name:
-        raise ConfigError(f"field '{field}': {spec!r} is not module:function (e.g. rlaif.toy:accuracy_reward)")
-    try:
-        fn = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"field '{field}': cannot import {spec!r}: {e}") from None
-    if not callable(fn):
-        raise ConfigError(f"field '{field}': {spec!r} is not callable")
-    return fn
 
 
 def resolve_reward(spec: str | None, reward_model_dir: Path | None = None, judge=None):
@@ -52,20 +39,8 @@ def resolve_reward(spec: str | None, reward_model_dir: Path | None = None, judge
 
 
 def judge_reward(judge):
-    """Wrap a scoring judge (`rlaif.judges.ScoringJudge`) as a TRL reward function; no score -> None."""
-    from rlaif.judges.base import CandidateItem
-
-    def reward(prompts, completions, **columns):
-        items = []
-        for i, (prompt, completion) in enumerate(zip(prompts, completions)):
-            text = completion[-1]["content"] if isinstance(completion, list) else completion
-            row = {k: v[i] for k, v in columns.items() if isinstance(v, list) and len(v) == len(prompts)}
-            items.append(CandidateItem(prompt=prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}],
-                                       text=text, columns=row))
-        return [s.score for s in judge.score(items)]
-
-    reward.__name__ = f"judge_{getattr(judge, 'kind', type(judge).__name__)}"
-    return reward
+    """A judge (`rlaif.judges`) as a TRL reward function: `rlaif.rewards` (pairwise judges: win rate in the group)."""
+    return rewards.judge_reward(judge=judge)
 
 
 def build_grpo_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, output_dir: Path, seed: int,

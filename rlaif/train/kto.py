@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import TrainConfig
-from rlaif.train.common import lora_config, setting, trainer_args
+from rlaif.train.common import lora_config, trainer_args
 
 UNPAIRED_COLUMNS = ["prompt", "completion", "label"]
 
@@ -18,9 +18,9 @@ def build_kto_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, outp
     from transformers import AutoModelForCausalLM
     from trl import KTOConfig, KTOTrainer
 
-    loss = setting(cfg, "kto", "loss_type")
+    loss = cfg.setting("kto", "loss_type")
     args = KTOConfig(**trainer_args(cfg, "kto", output_dir, seed), max_length=cfg.max_length,
-                     beta=setting(cfg, "kto", "beta"), loss_type=loss[0] if isinstance(loss, list) else loss)
+                     beta=cfg.setting("kto", "beta"), loss_type=loss[0] if isinstance(loss, list) else loss)
     ref_model = AutoModelForCausalLM.from_pretrained(reference) if reference and reference != base else None
     return KTOTrainer(model=base, ref_model=ref_model, args=args,
                       train_dataset=train.select_columns(UNPAIRED_COLUMNS),

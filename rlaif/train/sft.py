@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 
 from rlaif.config import TrainConfig
-from rlaif.train.common import lora_config, setting, trainer_args
+from rlaif.train.common import lora_config, trainer_args
 
 
 def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -32,7 +32,7 @@ def build_sft_trainer(base: str, train: datasets.Dataset, cfg: TrainConfig, outp
                       tokenizer, eval_dataset: datasets.Dataset | None = None, callbacks=()):
     from trl import SFTConfig, SFTTrainer
 
-    loss = setting(cfg, "sft", "loss_type")
+    loss = cfg.setting("sft", "loss_type")
     args = SFTConfig(**trainer_args(cfg, "sft", output_dir, seed), max_length=cfg.max_length,
                      loss_type=loss[0] if isinstance(loss, list) else loss, completion_only_loss=True)
     return SFTTrainer(model=base, args=args, train_dataset=to_prompt_completion(train),

@@ -2,16 +2,17 @@
 
 `filter_shard` is the pure step over one judge shard (its `scores` and `comparisons` rows);
 `filter_pairs` is the Python API over whole Datasets; `run_filter` streams the judge shards of a run
-directory into `iter-K/filter/pairs/` and `iter-K/filter/dropped/`. Prompt deduplication is global
-(a MinHash LSH index that grows across shards and is replayed on resume); everything else is per prompt.
+directory into `iter-K/filter/pairs/` and `iter-K/filter/dropped/`. Prompt deduplication is global (a
+MinHash LSH index over every shard's prompts in shard order, so a resumed run decides exactly as a full
+one); everything else is per prompt.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import Counter, defaultdict
+from functools import cache, partial
 from pathlib import Path
 
 import datasets
@@ -21,56 +22,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rlaif.config import FilterConfig, PipelineConfig, config_hash
-from rlaif.dedup import NearDuplicateIndex, near_duplicates, signatures
 from rlaif.errors import InputError, RunError
-from rlaif.pairs import Comparison, pairs_of_prompt, rank_order, repeated_ngram_ratio
-from rlaif.progress import StageProgress
-from rlaif.records import CANDIDATE_COLUMNS, MESSAGES_FEATURE, StageManifest
-from rlaif.runs import StageWriter, fingerprint_files, read_manifest, shard_name, stage_dir
+from rlaif.records import (DROPPED_FEATURES, PAIR_FEATURES, PROVENANCE_COLUMNS, StageManifest, extra_columns,
+                           with_columns)
+from rlaif.runs import ShardPlan, Upstream, run_sharded, shard_files, shard_name
+from rlaif.stages.filter.dedup import NearDuplicateIndex, near_duplicates, signatures
+from rlaif.stages.filter.pairs import Comparison, pairs_of_prompt, rank_order, repeated_ngram_ratio
 
 log = logging.getLogger(__name__)
 
-JUDGE_COLUMNS = ("score", "score_distribution", "strength", "rank", "judge_failure", "raw_text", "judge_kind",
-                 "judge_model", "judge_engine", "template_name", "template_sha256")
-PROVENANCE = ("judge_kind", "judge_model", "judge_engine", "template_name", "template_sha256")
 REQUIRED_SCORES = ("prompt_id", "candidate_index", "prompt", "text", "score")
-
-PAIR_FEATURES = datasets.Features({
-    "pair_id": datasets.Value("string"),
-    "prompt_id": datasets.Value("string"),
-    "prompt": MESSAGES_FEATURE,
-    "chosen": MESSAGES_FEATURE,
-    "rejected": MESSAGES_FEATURE,
-    "chosen_index": datasets.Value("int32"),
-    "rejected_index": datasets.Value("int32"),
-    "chosen_score": datasets.Value("float64"),
-    "rejected_score": datasets.Value("float64"),
-    "margin": datasets.Value("float64"),
-    "preference": datasets.Value("float64"),
-    "consistent": datasets.Value("bool"),
-    "strategy": datasets.Value("string"),
-    **{c: datasets.Value("string") for c in PROVENANCE},
-    "review_status": datasets.Value("string"),
-})
-DROPPED_FEATURES = datasets.Features({
-    "prompt_id": datasets.Value("string"),
-    "level": datasets.Value("string"),  # candidate | pair | prompt | comparison
-    "reason": datasets.Value("string"),
-    "detail": datasets.Value("string"),
-    "candidate_index": datasets.Value("int32"),
-    "other_index": datasets.Value("int32"),
-    "text": datasets.Value("string"),
-    "other_text": datasets.Value("string"),
-    "score": datasets.Value("float64"),
-    "other_score": datasets.Value("float64"),
-    "margin": datasets.Value("float64"),
-})
-
-
-def extra_columns(features: datasets.Features) -> list[str]:
-    """The candidates' carried input columns (solution, category, ...): neither candidate nor judge columns."""
-    known = set(CANDIDATE_COLUMNS) | set(JUDGE_COLUMNS)
-    return [c for c in features if c not in known]
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -214,7 +175,7 @@ def filter_shard(scores: datasets.Dataset, comparisons: datasets.Dataset | None,
                 _drop(dropped, prompt_id, "pair", why[0], why[1], ch, rj, o.margin)
                 continue
             _add_pair(pairs, prompt_id, o, ch, rj, cfg.strategy, extras)
-    features = datasets.Features({**PAIR_FEATURES, **{c: scores.features[c] for c in extras}})
+    features = with_columns(PAIR_FEATURES, {c: scores.features[c] for c in extras})
     return (datasets.Dataset.from_dict(pairs, features=features),
             datasets.Dataset.from_dict(dropped, features=DROPPED_FEATURES))
 
@@ -233,7 +194,7 @@ def _add_pair(pairs: dict[str, list], prompt_id: str, o, ch: dict, rj: dict, str
     pairs["preference"].append(o.preference)
     pairs["consistent"].append(o.consistent)
     pairs["strategy"].append(strategy)
-    for c in PROVENANCE:
+    for c in PROVENANCE_COLUMNS:
         pairs[c].append(ch.get(c) or "")
     pairs["review_status"].append("unreviewed")
     for c in extras:
@@ -275,43 +236,52 @@ def _read(path: Path) -> datasets.Dataset | None:
 
 
 def run_filter(cfg: PipelineConfig, run: str, *, iteration: int = 0, overwrite: bool = False,
-               progress: bool = True) -> StageManifest:
+               progress: bool = True, record: bool = False) -> StageManifest:
     """Filter the judge stage of `run/iter-K` into `iter-K/filter/`, one output shard per judge shard."""
+    return run_sharded("filter", run, iteration, partial(filter_plan, cfg), after="judge", overwrite=overwrite,
+                       progress=progress, record=cfg if record else None)
+
+
+def filter_plan(cfg: PipelineConfig, upstream: Upstream) -> ShardPlan:
+    """One filter shard per judge shard; prompt duplicates are decided first, over every shard in order."""
     f = cfg.filter
-    judge_dir = stage_dir(run, "judge", iteration)
-    judged = read_manifest(judge_dir)
-    if judged is None or judged.status != "complete":
-        raise RunError(f"{judge_dir}: the judge stage is {'missing' if judged is None else 'unfinished'}; "
-                       f"run `rlaif judge {run}` first")
-    indices = sorted(judged.finished())
-    files = [p for i in indices for p in (judge_dir / "scores" / shard_name(i), judge_dir / "comparisons" / shard_name(i))
-             if p.exists()]
-    writer = StageWriter(stage_dir(run, "filter", iteration), stage="filter", config_hash=config_hash(f, cfg.seed),
-                         input_fingerprint=fingerprint_files(files), config={**f.model_dump(mode="json"), "seed": cfg.seed},
-                         num_shards=len(indices), shard_size=judged.shard_size, overwrite=overwrite)
-    if writer.complete:
-        log.info("filter: all %d shards already done in %s", len(indices), writer.dir)
-        return writer.manifest
+    num_shards = upstream.manifest.num_shards
     index = NearDuplicateIndex(f.dedup_threshold, f.dedup_num_perm, f.dedup_ngram) if f.dedup_prompts else None
-    total = sum(s.rows.get("scores", 0) for s in judged.shards.values())
-    with StageProgress("filter", total=total, unit="candidates", enabled=progress) as bar:
-        for i in indices:
-            scores = _read(judge_dir / "scores" / shard_name(i))
-            if scores is None:
-                raise RunError(f"{judge_dir}/scores/{shard_name(i)}: listed in the judge manifest but missing")
-            t0 = time.perf_counter()
-            duplicates = dedup_prompts(scores.select_columns(["prompt_id", "prompt"]).to_list(), index)
-            if i in writer.done:  # resume: the dedup index is replayed above, the shard is not rewritten
-                bar.advance(len(scores))
-                continue
-            pairs, dropped = filter_shard(scores, _read(judge_dir / "comparisons" / shard_name(i)), f,
-                                          seed=cfg.seed, duplicates=duplicates)
-            counts = {"candidates": len(scores), "prompts": len(set(scores["prompt_id"])), "pairs": len(pairs),
-                      **{f"dropped.{k}": v for k, v in Counter(dropped["reason"]).items()}}
-            writer.write_shard(i, {"pairs": pairs, "dropped": dropped}, time.perf_counter() - t0, counts)
-            bar.advance(len(scores))
-    summary = summarise(writer.dir, writer.manifest, index_size=len(index) if index is not None else None)
-    return writer.finish(summary)
+
+    @cache
+    def prompts() -> list[tuple[dict, int]]:
+        """Per judge shard: its duplicate prompts and how many prompts it holds (read once, when first needed).
+
+        The index is global and sees the shards in order, so a resumed run decides exactly as a full one.
+        """
+        out = []
+        for i in range(num_shards):
+            rows = pq.read_table(upstream.dir / "scores" / shard_name(i), columns=["prompt_id", "prompt"]).to_pylist()
+            out.append((dedup_prompts(rows, index), len({r["prompt_id"] for r in rows})))
+        return out
+
+    def shard_input(i: int) -> datasets.Dataset:
+        scores = _read(upstream.dir / "scores" / shard_name(i))
+        if scores is None:
+            raise RunError(f"{upstream.dir}/scores/{shard_name(i)}: listed in the judge manifest but missing")
+        return scores
+
+    def work(state, i: int, scores: datasets.Dataset) -> dict[str, datasets.Dataset]:
+        pairs, dropped = filter_shard(scores, _read(upstream.dir / "comparisons" / shard_name(i)), f, seed=cfg.seed,
+                                      duplicates=prompts()[i][0])
+        return {"pairs": pairs, "dropped": dropped}
+
+    def counts(i: int, tables: dict[str, datasets.Dataset]) -> dict:
+        return {"candidates": rows[i], "prompts": prompts()[i][1], "pairs": len(tables["pairs"]),
+                **{f"dropped.{k}": v for k, v in Counter(tables["dropped"]["reason"]).items()}}
+
+    rows = [upstream.manifest.shards[f"{i:05d}"].rows.get("scores", 0) for i in range(num_shards)]
+    return ShardPlan(
+        config={**f.model_dump(mode="json"), "seed": cfg.seed}, config_hash=config_hash(f, cfg.seed),
+        input_fingerprint=upstream.fingerprint("scores", "comparisons"), shard_size=upstream.manifest.shard_size,
+        shard_rows=rows, shard_input=shard_input, work=work, setup=lambda: None, counts=counts,
+        summarise=lambda writer: summarise(writer.dir, writer.manifest, len(index) if index is not None else None),
+        unit="candidates")
 
 
 def _lengths(table: pa.Table, column: str) -> np.ndarray:
@@ -332,8 +302,7 @@ def summarise(directory: Path, manifest: StageManifest, index_size: int | None =
     totals: Counter = Counter()
     for shard in manifest.shards.values():
         totals.update(shard.counts)
-    files = [directory / "pairs" / shard_name(i) for i in sorted(manifest.finished())]
-    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in files if p.exists()]
+    tables = [pq.read_table(p, columns=["margin", "chosen", "rejected"]) for p in shard_files(directory, "pairs")]
     table = pa.concat_tables(tables) if tables else None
     margin = table.column("margin").to_numpy() if table is not None else np.array([])
     chosen = _lengths(table, "chosen") if table is not None else np.array([])

@@ -1,0 +1,74 @@
+"""Why a loop stopped, in the user's terms: which filter took the pairs, and how strong the models are.
+
+A review gate that fails on "fewer than 30 pairs reviewed: 2 of 2" is true but does not help; the
+user needs to hear that the filter kept 2 pairs because 2,993 prompts had no candidate above
+`filter.min_best_score`, and that the judge model is no better than the policy it judges.
+"""
+
+from __future__ import annotations
+
+# What each reason the filter stage records (rlaif.stages.filter) means, and the setting behind it.
+FILTER_SETTINGS = {
+    "low_quality": "prompts whose best candidate is below filter.min_best_score",
+    "low_margin": "pairs whose margin is below filter.min_margin",
+    "tie": "pairs tied (filter.tie_band, filter.score_tie)",
+    "inconsistent": "pairs whose verdict flips with the order (filter.drop_inconsistent)",
+    "length_bias": "pairs whose chosen is much longer at a small margin (filter.length_bias)",
+    "too_few_candidates": "prompts with 1 candidate left after the filters",
+    "duplicate_prompt": "prompts duplicating an earlier one (filter.dedup_prompts)",
+    "duplicate_response": "candidates duplicating a better one of the same prompt (filter.dedup_responses)",
+    "generation_failure": "candidates that failed to generate (filter.drop_failures)",
+    "judge_failure": "candidates or comparisons the judge failed on (filter.drop_failures)",
+    "truncated": "candidates cut at max_new_tokens (filter.drop_truncated)",
+    "empty": "empty candidates (filter.drop_empty)",
+    "degenerate": "repetitive candidates (filter.drop_degenerate)",
+}
+THRESHOLDS = {"low_quality": "min_best_score", "low_margin": "min_margin"}
+
+
+def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: dict) -> str:
+    """One paragraph for a failed review gate: the gate's message, the filter's drops, both models' accuracy.
+
+    `record` is the loop's record of the iteration (its filter summary and review), `policy_quality` /
+    `judge_quality` the policy's and the judge model's checked accuracy as the loop measured them.
+    """
+    parts = [record["review"]["message"]]
+    summary = (record.get("stages", {}).get("filter") or {}).get("summary") or {}
+    if summary:
+        drops = {k.removeprefix("dropped."): v for k, v in summary.items() if k.startswith("dropped.") and v}
+        named = [f"{n:,} {FILTER_SETTINGS.get(reason, reason)}" + _threshold(cfg, reason)
+                 for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])]
+        parts.append(f"{summary.get('pairs', 0):,} pairs kept from {summary.get('prompts', 0):,} prompts"
+                     + (": dropped " + "; ".join(named) if named else ""))
+    models = _models(cfg, policy_quality, judge_quality)
+    if models:
+        parts.append(models)
+    return ". ".join(p.rstrip(".") for p in parts) + "."
+
+
+def _threshold(cfg, reason: str) -> str:
+    field = THRESHOLDS.get(reason)
+    value = getattr(cfg.filter, field) if field else None
+    return f" = {value}" if value is not None else ""
+
+
+def _accuracy(quality: dict) -> float | None:
+    value = quality.get("greedy_accuracy") if quality else None
+    return value.get("value") if isinstance(value, dict) else value
+
+
+def _models(cfg, policy_quality: dict, judge_quality: dict) -> str:
+    policy, judge = _accuracy(policy_quality), _accuracy(judge_quality)
+    said = []
+    if judge is not None:
+        said.append(f"{cfg.judge.model} greedy accuracy {judge:.3f} as a policy")
+    if policy is not None:
+        said.append(f"the policy {policy_quality.get('model') or cfg.generate.model} {policy:.3f}")
+    if not said:
+        return ""
+    text = ", ".join(said)
+    if judge is not None and policy is not None and judge <= policy:
+        text += " — the judge model is no stronger than the policy it judges, so it cannot teach it"
+    elif judge is not None and judge < 0.5:
+        text += " — the judge model is weak"
+    return text
