@@ -124,16 +124,19 @@ def main():
         """(a) rlaif, log-prob verdicts, both orders, through the judge stage's Python API."""
         return rlaif.judge(data, judge, comparisons=True)[1]
 
+    # the floor's batches are rlaif's: the same prompts, sorted by token length, --batch-size at a time
+    order = sorted(keys, key=lambda k: len(tok(texts[k], add_special_tokens=False)["input_ids"]))
+
     def floor_pass():
-        """(d) the floor: raw batched forward passes, last position's logits only, no rlaif code."""
+        """(d) the floor: raw batched forward passes, last position's logits only, softmax over the verdicts."""
         p1 = {}
         with torch.inference_mode():
-            for s in range(0, len(keys), args.batch_size):
-                chunk = keys[s:s + args.batch_size]
+            for s in range(0, len(order), args.batch_size):
+                chunk = order[s:s + args.batch_size]
                 enc = tok([texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-                last = torch.softmax(model(**enc, logits_to_keep=1).logits[:, -1].float(), -1)
-                for k, row in zip(chunk, last):
-                    p1[k] = (row[one] / (row[one] + row[two])).item()
+                last = model(**enc, logits_to_keep=1).logits[:, -1, [one, two]].float()
+                for k, p in zip(chunk, torch.softmax(last, -1)[:, 0].tolist()):
+                    p1[k] = p
         return p1
 
     # after a warm-up call, best of --repeats, the two interleaved so drifting load hits both alike

@@ -84,14 +84,15 @@ def test_pairwise_logprob_verdicts_equal_a_direct_forward_pass(smollm2_engine, c
         assert c["preference"] == pytest.approx((c["p_a_first"] + 1 - c["p_b_first"]) / 2)
         assert c["judge_model"] == NAME and c["template_name"] == "pairwise" and c["judge_failure"] is None
         assert 0 < c["p_a_first"] < 1 and 0 < c["p_b_first"] < 1
-    c, rows = comps[0], candidates.to_list()
-    a, b = (next(r for r in rows if r["prompt_id"] == c["prompt_id"] and r["candidate_index"] == k)
-            for k in (c["candidate_a"], c["candidate_b"]))
-    q = a["prompt"][-1]["content"]
-    assert c["p_a_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, a["text"], b["text"])),
-                                           abs=1e-4)
-    assert c["p_b_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, b["text"], a["text"])),
-                                           abs=1e-4)
+    # every verdict, whatever its place in the length-sorted, left-padded batch, is the unpadded forward pass's
+    rows = {(r["prompt_id"], r["candidate_index"]): r for r in candidates.to_list()}
+    for c in comps:
+        a, b = rows[(c["prompt_id"], c["candidate_a"])], rows[(c["prompt_id"], c["candidate_b"])]
+        q = a["prompt"][-1]["content"]
+        assert c["p_a_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, a["text"], b["text"])),
+                                               abs=1e-4)
+        assert c["p_b_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, b["text"], a["text"])),
+                                               abs=1e-4)
 
 
 def test_pairwise_text_verdicts_are_parsed_or_recorded(smollm2_engine, candidates):
