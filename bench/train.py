@@ -11,7 +11,8 @@ points at overhead in our wrapper. On a GPU the run uses bf16 where supported.
     python bench/train.py --model smollm2:135m-instruct --steps 6 --batch-size 4 --max-length 64   # the real model
 
 With --model the base is that (pretrained) model instead of a random-init one; the toy pairs are
-tokenized by its own tokenizer.
+tokenized by its own tokenizer. Results go to bench/results/train.json (random-init) and
+bench/results/train-<model>.json, side by side.
 """
 
 from __future__ import annotations
@@ -86,9 +87,14 @@ def main() -> None:
                         "wall_s_with_loading": round(time.perf_counter() - t0, 1)}
     for method in ("dpo", "rm"):
         rows[method]["time_per_step_vs_sft"] = round(rows["sft"]["steps_per_s"] / rows[method]["steps_per_s"], 2)
-    print(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "model": args.model or "random-init Llama",
-                      "parameters": params, "steps": args.steps, "batch_size": args.batch_size,
-                      "max_length": args.max_length, "results": rows}, indent=2))
+    report = json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "model": args.model or "random-init Llama",
+                         "parameters": params, "steps": args.steps, "batch_size": args.batch_size,
+                         "max_length": args.max_length, "results": rows}, indent=2)
+    print(report)
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    name = f"train-{args.model.replace(':', '-').replace('/', '_')}.json" if args.model else "train.json"
+    (out / name).write_text(report)
 
 
 if __name__ == "__main__":
