@@ -204,7 +204,8 @@ def main():
         if rate is None:
             print(f"| {name} | skipped: {agree} | | |")
         else:
-            print(f"| {name} | {rate:,.1f} | {base / rate:.2f} | {agree:.3f} |")
+            print(f"| {name} | {rate:,.1f} | {base / rate:.2f} | {agree:.3f} |" if rate >= 10 else
+                  f"| {name} | {rate:.3f} | {base / rate:.2f} | {agree:.3f} |")
     print(f"targets: (a)/(d) = {base / floor:.2f} (>= 0.90); (a)/(b) = {base / text:.1f} (>= 10)")
     (HERE / "results").mkdir(exist_ok=True)
     name = "judge.json" if toy_model else f"judge-{args.model.replace(':', '-').replace('/', '_')}.json"
