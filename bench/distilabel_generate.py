@@ -1,4 +1,4 @@
-"""distilabel's TextGeneration + TransformersLLM on the toy policy; prints tokens/s as JSON.
+"""distilabel's TextGeneration + TransformersLLM on a model (the toy policy, or a real one); prints tokens/s as JSON.
 
 Runs inside bench/.venv-distilabel (distilabel pins its own dependency versions).
 Usage: python distilabel_generate.py MODEL_PATH PROMPTS_JSONL K N MAX_NEW BATCH_PROMPTS

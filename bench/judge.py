@@ -1,45 +1,65 @@
 """Benchmark: judge throughput and agreement, on the same model and the same candidates.
 
     RLAIF_CACHE=.cache/rlaif .venv/bin/python bench/judge.py [--prompts 100] [--rationale-tokens 64]
+    RLAIF_CACHE=.cache/rlaif .venv/bin/python bench/judge.py --model smollm2:135m-instruct --prompts 8 --batch-size 16
 
 Rows are comparisons (a pair of candidates, judged in both orders), per second:
   (a) rlaif pairwise judge, log-prob verdicts, all pairs, both orders (`rlaif.judge`)
-  (b) a text judge: generates a rationale of --rationale-tokens tokens, then the verdict, per order
-  (c) distilabel's UltraFeedback task with TransformersLLM (if distilabel imports; else skipped)
+  (b) a text judge: the same prompts asking for reasoning first, decoding a rationale of
+      --rationale-tokens tokens, then the verdict, per order
+  (c) distilabel's UltraFeedback task with TransformersLLM on the same candidates (in-process when
+      distilabel imports, else in bench/.venv-distilabel when it exists; else skipped)
   (d) the floor: one raw batched forward pass per order, no rlaif code (tokenise, pad, forward)
   (e) for reference: the rlaif likelihood judge (one pass per candidate, no pairs needed)
-Candidates: per held-out toy prompt, the right sum and three near misses, so each pair's right side is
-known; agreement = share of right-vs-wrong pairs where the judge prefers the right one.
+Candidates: per prompt, the right sum and three near misses, so each pair's right side is known;
+agreement = share of right-vs-wrong pairs where the judge prefers the right one. Toy: the toy
+judge, toy prompts and the toy-pairwise template; another model: "What is a + b?" with answers
+"a + b = c." and the shipped pairwise template.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import random
+import subprocess
 import sys
+import tempfile
 import time
 from itertools import combinations
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-os.environ.setdefault("RLAIF_CACHE", str(Path(__file__).resolve().parent.parent / ".cache" / "rlaif"))
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("RLAIF_CACHE", str(HERE.parent / ".cache" / "rlaif"))
 
 
-def candidates(k: int):
+def candidates(k: int, toy_model: bool):
     import datasets
 
-    from rlaif import toy
-
-    rng = random.Random(0)
     rows = []
-    for a, b in toy.problems()["test"][:k]:
-        texts = [str(a + b)] + [str(a + b + d) for d in rng.sample([-10, -2, -1, 1, 2, 10, 11], 3)]
-        rng.shuffle(texts)
-        for i, t in enumerate(texts):
-            rows.append({"prompt_id": f"add-{a}-{b}", "prompt": [{"role": "user", "content": toy.question(a, b)}],
+    if toy_model:
+        from rlaif import toy
+
+        rng = random.Random(0)
+        groups = []
+        for a, b in toy.problems()["test"][:k]:
+            texts = [str(a + b)] + [str(a + b + d) for d in rng.sample([-10, -2, -1, 1, 2, 10, 11], 3)]
+            rng.shuffle(texts)
+            groups.append({"prompt_id": f"add-{a}-{b}", "question": toy.question(a, b), "texts": texts,
+                           "solution": str(a + b)})
+    else:
+        from real_prompts import arithmetic_candidates
+
+        groups = arithmetic_candidates(k)
+    for g in groups:
+        for i, t in enumerate(g["texts"]):
+            rows.append({"prompt_id": g["prompt_id"], "prompt": [{"role": "user", "content": g["question"]}],
                          "candidate_index": i, "text": t, "num_tokens": len(t) + 1, "finish_reason": "stop",
-                         "failure": None, "solution": str(a + b)})
+                         "failure": None, "solution": g["solution"]})
     return datasets.Dataset.from_list(rows)
 
 
@@ -58,66 +78,80 @@ def agreement(rows, prefer):  # prefer(prompt_id, a, b) -> P(a > b) or None
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="toy:judge", help="toy:judge, smollm2:135m-instruct, or a model path.")
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--rationale-tokens", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3, help="Best of this many runs for (a) and (d).")
+    ap.add_argument("--distilabel-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.distilabel_worker:
+        return distilabel_worker(*args.distilabel_worker)
 
     import torch
 
     import rlaif
-    from rlaif import toy
+    from rlaif.engines import resolve_model
     from rlaif.engines.transformers import TransformersEngine
     from rlaif.judges.likelihood import LikelihoodJudge
     from rlaif.judges.pairwise import PairwiseJudge
 
+    toy_model = args.model.startswith("toy:")
+    model_path = resolve_model(args.model)
     torch.set_num_threads(os.cpu_count() or 1)
-    engine = TransformersEngine(toy.resolve("toy:judge"), batch_size=args.batch_size, display_name="toy:judge")
-    data = candidates(args.prompts)
+    engine = TransformersEngine(model_path, dtype="float32", batch_size=args.batch_size, display_name=args.model)
+    data = candidates(args.prompts, toy_model)
     rows = data.to_list()
     n_pairs = args.prompts * 6
     results = {}
 
-    # (a) rlaif, log-prob verdicts, both orders (after a warm-up call; best of --repeats)
-    judge = PairwiseJudge(engine, "toy-pairwise")
-    rlaif.judge(data.select(range(8)), judge)
-    secs = float("inf")
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        scores, comps = rlaif.judge(data, judge, comparisons=True)
-        secs = min(secs, time.perf_counter() - t0)
-    pref = {(r["prompt_id"], r["candidate_a"], r["candidate_b"]): r["preference"] for r in comps}
-    results["(a) rlaif pairwise, log-probs"] = (n_pairs / secs, agreement(rows, lambda p, a, b: pref[(p, a, b)]))
-
-    # the judge prompts of both orders, rendered once (outside every timing below)
-    texts = {}
+    # the judge prompts of both orders, rendered once (outside every timing below); (b) asks for reasoning first
+    judge = PairwiseJudge(engine, "toy-pairwise" if toy_model else "pairwise")
+    texts, cot_texts = {}, {}
     for pid, group in _groups(rows).items():
         q = group[0]["prompt"][0]["content"]
         for a, b in combinations(range(len(group)), 2):
             for key, (x, y) in (((pid, a, b), (a, b)), ((pid, b, a), (b, a))):
-                chat = judge.prompt(q, group[x]["text"], group[y]["text"])
-                texts[key] = engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
+                for out, cot in ((texts, False), (cot_texts, True)):
+                    chat = judge.prompt(q, group[x]["text"], group[y]["text"], cot=cot)
+                    out[key] = engine.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     keys = list(texts)
     tok, model = engine.tokenizer, engine.model
     one, two = tok.convert_tokens_to_ids("1"), tok.convert_tokens_to_ids("2")
 
-    # (d) the floor: raw batched forward passes, no rlaif code (best of --repeats)
-    secs = float("inf")
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
+    def rlaif_pass():
+        """(a) rlaif, log-prob verdicts, both orders, through the judge stage's Python API."""
+        return rlaif.judge(data, judge, comparisons=True)[1]
+
+    # the floor's batches are rlaif's: the same prompts, sorted by token length, --batch-size at a time
+    order = sorted(keys, key=lambda k: len(tok(texts[k], add_special_tokens=False)["input_ids"]))
+
+    def floor_pass():
+        """(d) the floor: raw batched forward passes, last position's logits only, softmax over the verdicts."""
         p1 = {}
         with torch.inference_mode():
-            for s in range(0, len(keys), args.batch_size):
-                chunk = keys[s:s + args.batch_size]
+            for s in range(0, len(order), args.batch_size):
+                chunk = order[s:s + args.batch_size]
                 enc = tok([texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-                last = torch.softmax(model(**enc).logits[:, -1].float(), -1)
-                for k, row in zip(chunk, last):
-                    p1[k] = (row[one] / (row[one] + row[two])).item()
-        secs = min(secs, time.perf_counter() - t0)
+                last = model(**enc, logits_to_keep=1).logits[:, -1, [one, two]].float()
+                for k, p in zip(chunk, torch.softmax(last, -1)[:, 0].tolist()):
+                    p1[k] = p
+        return p1
+
+    # after a warm-up call, best of --repeats, the two interleaved so drifting load hits both alike
+    rlaif.judge(data.select(range(8)), judge)
+    best, outputs = {"a": float("inf"), "d": float("inf")}, {}
+    for _ in range(args.repeats):
+        for side, fn in (("a", rlaif_pass), ("d", floor_pass)):
+            t0 = time.perf_counter()
+            outputs[side] = fn()
+            best[side] = min(best[side], time.perf_counter() - t0)
+    comps, p1 = outputs["a"], outputs["d"]
+    pref = {(r["prompt_id"], r["candidate_a"], r["candidate_b"]): r["preference"] for r in comps}
+    results["(a) rlaif pairwise, log-probs"] = (n_pairs / best["a"], agreement(rows, lambda p, a, b: pref[(p, a, b)]))
     results["(d) floor: raw forward pass"] = (
-        n_pairs / secs, agreement(rows, lambda p, a, b: (p1[(p, a, b)] + 1 - p1[(p, b, a)]) / 2))
+        n_pairs / best["d"], agreement(rows, lambda p, a, b: (p1[(p, a, b)] + 1 - p1[(p, b, a)]) / 2))
 
     # (b) a text judge: rationale of N tokens, then the verdict, per order
     from rlaif.judges.parsing import parse_verdict
@@ -127,8 +161,8 @@ def main():
     with torch.inference_mode():
         for s in range(0, len(keys), args.batch_size):
             chunk = keys[s:s + args.batch_size]
-            enc = tok([texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=args.rationale_tokens + 2, min_new_tokens=args.rationale_tokens,
+            enc = tok([cot_texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(**enc, max_new_tokens=args.rationale_tokens + 4, min_new_tokens=args.rationale_tokens,
                                  do_sample=False, pad_token_id=tok.pad_token_id, top_k=None, top_p=None)
             for k, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
                 text = tok.decode(ids, skip_special_tokens=True)
@@ -144,7 +178,7 @@ def main():
 
     # (c) distilabel UltraFeedback + TransformersLLM
     try:
-        results["(c) distilabel UltraFeedback"] = _distilabel(rows, n_pairs)
+        results["(c) distilabel UltraFeedback"] = _distilabel(rows, n_pairs, model_path, args.rationale_tokens)
     except Exception as e:  # noqa: BLE001 - a peer's failure is a result, not a crash
         import traceback
 
@@ -161,14 +195,25 @@ def main():
         n_pairs / secs, agreement(rows, lambda p, a, b: LikelihoodJudge.preference(sc[(p, a)], sc[(p, b)])))
 
     base = results["(a) rlaif pairwise, log-probs"][0]
-    print(f"{args.prompts} prompts x 4 candidates = {n_pairs} pairs, both orders; model toy:judge; "
-          f"{os.cpu_count()} CPU threads, torch {torch.__version__}")
-    print(f"| judge | pairs/s | (a) / this | agreement with checker |\n|---|---|---|---|")
+    floor = results["(d) floor: raw forward pass"][0]
+    text = results[f"(b) text judge, {args.rationale_tokens}-token rationale"][0]
+    print(f"{args.prompts} prompts x 4 candidates = {n_pairs} pairs, both orders; model {args.model}; "
+          f"{platform.machine()}, {os.cpu_count()} CPU threads, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    print("| judge | pairs/s | (a) / this | agreement with checker |\n|---|---|---|---|")
     for name, (rate, agree) in results.items():
         if rate is None:
             print(f"| {name} | skipped: {agree} | | |")
         else:
-            print(f"| {name} | {rate:,.1f} | {base / rate:.2f} | {agree:.3f} |")
+            print(f"| {name} | {rate:,.1f} | {base / rate:.2f} | {agree:.3f} |" if rate >= 10 else
+                  f"| {name} | {rate:.3f} | {base / rate:.2f} | {agree:.3f} |")
+    print(f"targets: (a)/(d) = {base / floor:.2f} (>= 0.90); (a)/(b) = {base / text:.1f} (>= 10)")
+    (HERE / "results").mkdir(exist_ok=True)
+    name = "judge.json" if toy_model else f"judge-{args.model.replace(':', '-').replace('/', '_')}.json"
+    (HERE / "results" / name).write_text(json.dumps(
+        {"model": args.model, "pairs": n_pairs, "date": time.strftime("%Y-%m-%d"),
+         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+         "results": {k: {"pairs_per_s": r, "agreement": a} for k, (r, a) in results.items()},
+         "a_over_floor": round(base / floor, 3), "a_over_text": round(base / text, 2)}, indent=2))
 
 
 def _groups(rows):
@@ -178,28 +223,30 @@ def _groups(rows):
     return out
 
 
-def _distilabel(rows, n_pairs):
-    try:
-        from distilabel.models.llms import TransformersLLM  # noqa: F401
-        from distilabel.steps.tasks import UltraFeedback  # noqa: F401
-    except Exception as e:  # noqa: BLE001 - optional peer
-        return (None, f"distilabel not importable ({type(e).__name__}); install it in a separate env")
-    from distilabel.models.llms import TransformersLLM
-    from distilabel.steps.tasks import UltraFeedback
-
-    from rlaif import toy
-
-    llm = TransformersLLM(model=toy.resolve("toy:judge"), device="cpu", generation_kwargs={"max_new_tokens": 64})
-    task = UltraFeedback(llm=llm, aspect="overall-rating")
-    task.load()
+def _distilabel(rows, n_pairs, model_path: str, max_new: int):
+    """distilabel's UltraFeedback on the same candidates; in this process if it imports, else in its own venv."""
     groups = _groups(rows)
-    inputs = [{"instruction": g[0]["prompt"][0]["content"], "generations": [r["text"] for r in g]} for g in groups.values()]
-    t0 = time.perf_counter()
-    outs = list(task.process(inputs))[0]
-    secs = time.perf_counter() - t0
+    job = {"model": model_path, "max_new_tokens": max_new,
+           "inputs": [{"instruction": g[0]["prompt"][0]["content"], "generations": [r["text"] for r in g]}
+                      for g in groups.values()]}
+    try:
+        import distilabel  # noqa: F401
+        out = _ultrafeedback(job)
+    except ImportError:
+        python = HERE / ".venv-distilabel" / "bin" / "python"
+        if not python.exists():
+            return (None, "distilabel not importable; create bench/.venv-distilabel (docs/real-model.md)")
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "in.json", Path(tmp) / "out.json"
+            src.write_text(json.dumps(job))
+            res = subprocess.run([str(python), __file__, "--distilabel-worker", str(src), str(dst)],
+                                 capture_output=True, text=True, timeout=3600)
+            if res.returncode != 0:
+                return (None, "failed: " + (res.stderr.strip().splitlines() or ["?"])[-1][:200])
+            out = json.loads(dst.read_text())
     hits = total = 0
-    for g, o in zip(groups.values(), outs):
-        ratings = list(o.get("ratings") or [])
+    for g, ratings in zip(groups.values(), out["ratings"]):
+        ratings = list(ratings or [])
         ratings += [None] * (len(g) - len(ratings))  # an unparsed reply gives fewer ratings than generations
         for a, b in combinations(range(len(g)), 2):
             ra, rb = g[a]["text"] == g[a]["solution"], g[b]["text"] == g[b]["solution"]
@@ -208,7 +255,24 @@ def _distilabel(rows, n_pairs):
                 x, y = ratings[a], ratings[b]
                 hits += x is not None and y is not None and x != y and (x > y) == ra
     # UltraFeedback rates all N candidates in one call: its "pairs" are the same N(N-1)/2 per prompt
-    return (n_pairs / secs, hits / total if total else float("nan"))
+    return (n_pairs / out["seconds"], hits / total if total else float("nan"))
+
+
+def _ultrafeedback(job: dict) -> dict:
+    from distilabel.models.llms import TransformersLLM
+    from distilabel.steps.tasks import UltraFeedback
+
+    llm = TransformersLLM(model=job["model"], device="cpu", torch_dtype="float32",
+                          generation_kwargs={"max_new_tokens": job["max_new_tokens"]})
+    task = UltraFeedback(llm=llm, aspect="overall-rating")
+    task.load()
+    t0 = time.perf_counter()
+    outs = list(task.process(job["inputs"]))[0]
+    return {"seconds": time.perf_counter() - t0, "ratings": [o.get("ratings") for o in outs]}
+
+
+def distilabel_worker(src: str, dst: str) -> None:
+    Path(dst).write_text(json.dumps(_ultrafeedback(json.loads(Path(src).read_text()))))
 
 
 if __name__ == "__main__":

@@ -80,17 +80,19 @@ def test_pairwise_logprob_verdicts_equal_a_direct_forward_pass(smollm2_engine, c
     judge = PairwiseJudge(smollm2_engine)
     _, comps = rlaif.judge(candidates, judge, comparisons=True)
     assert len(comps) == 3  # one pair per prompt (2 candidates each), both orders inside
-    rows = candidates.to_list()
     for c in comps:
-        a, b = (next(r for r in rows if r["prompt_id"] == c["prompt_id"] and r["candidate_index"] == k)
-                for k in (c["candidate_a"], c["candidate_b"]))
+        assert c["preference"] == pytest.approx((c["p_a_first"] + 1 - c["p_b_first"]) / 2)
+        assert c["judge_model"] == NAME and c["template_name"] == "pairwise" and c["judge_failure"] is None
+        assert 0 < c["p_a_first"] < 1 and 0 < c["p_b_first"] < 1
+    # every verdict, whatever its place in the length-sorted, left-padded batch, is the unpadded forward pass's
+    rows = {(r["prompt_id"], r["candidate_index"]): r for r in candidates.to_list()}
+    for c in comps:
+        a, b = rows[(c["prompt_id"], c["candidate_a"])], rows[(c["prompt_id"], c["candidate_b"])]
         q = a["prompt"][-1]["content"]
         assert c["p_a_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, a["text"], b["text"])),
                                                abs=1e-4)
         assert c["p_b_first"] == pytest.approx(direct_p_first(smollm2_engine, judge.prompt(q, b["text"], a["text"])),
                                                abs=1e-4)
-        assert c["preference"] == pytest.approx((c["p_a_first"] + 1 - c["p_b_first"]) / 2)
-        assert c["judge_model"] == NAME and c["template_name"] == "pairwise" and c["judge_failure"] is None
 
 
 def test_pairwise_text_verdicts_are_parsed_or_recorded(smollm2_engine, candidates):
@@ -127,9 +129,9 @@ def test_pointwise_additive_is_the_expected_score_of_its_distribution(smollm2_en
 
 
 def test_pointwise_ultrafeedback_averages_its_aspects(smollm2_engine, candidates):
-    two = candidates.select(range(2))
-    both = rlaif.judge(two, PointwiseJudge(smollm2_engine, "ultrafeedback", aspects=["helpfulness", "honesty"]))
-    each = [rlaif.judge(two, PointwiseJudge(smollm2_engine, "ultrafeedback", aspects=[a]))["score"]
+    first = candidates.select(range(1))
+    both = rlaif.judge(first, PointwiseJudge(smollm2_engine, "ultrafeedback", aspects=["helpfulness", "honesty"]))
+    each = [rlaif.judge(first, PointwiseJudge(smollm2_engine, "ultrafeedback", aspects=[a]))["score"]
             for a in ("helpfulness", "honesty")]
     for k, r in enumerate(both):
         assert 1 <= r["score"] <= 5

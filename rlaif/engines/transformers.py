@@ -17,7 +17,8 @@ from itertools import groupby
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList
 
-from rlaif.engines.base import Completion, GenerationRequest, GenerationResult, LocalTokenizer, PromptInput
+from rlaif.engines.base import (Completion, GenerationRequest, GenerationResult, LocalTokenizer, PromptInput,
+                                encode_prompts)
 from rlaif.engines.devices import pick_device, pick_dtype
 from rlaif.errors import EngineError
 
@@ -213,7 +214,8 @@ class TransformersEngine(LocalTokenizer):
         if not tokens and not top_k:
             raise ValueError("next_token_logprobs: give tokens or top_k")
         wanted = [(t, self.token_id(t)) for t in tokens or []]
-        encoded = sorted(((i, self.encode(p)) for i, p in enumerate(prompts)), key=lambda it: len(it[1]))
+        # tokenised in one batched call, then sorted by length so a batch pads as little as it can
+        encoded = sorted(enumerate(encode_prompts(self.tokenizer, prompts)), key=lambda it: len(it[1]))
         out: list[dict[str, float]] = [{} for _ in prompts]
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
