@@ -70,6 +70,12 @@ def agreement(it: dict) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" + (" (simulated)" if review.get("simulated") else "")
 
 
+def anchor_agreement(it: dict) -> str:
+    anchor = it.get("anchor") or {}
+    value, ci = anchor.get("agreement"), anchor.get("agreement_ci95")
+    return "–" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
@@ -87,6 +93,9 @@ COLUMNS = [
     Column("judge consistency", lambda it: summary_of(it, "judge").get("position_consistency")),
     Column("judge 1st-slot rate", lambda it: summary_of(it, "judge").get("first_position_rate")),
     Column("judge-human agreement", agreement, True),
+    Column("anchor agreement [95% CI]", anchor_agreement, True),
+    Column("anchor consistency", lambda it: fmt((it.get("anchor") or {}).get("position_consistency")), True),
+    Column("anchor 1st-slot rate", lambda it: fmt((it.get("anchor") or {}).get("first_position_rate")), True),
     Column("RM accuracy", lambda it: with_ci(it.get("metrics"), "reward_model_accuracy")),
     Column("win rate vs prev", lambda it: fmt(value_of(it.get("metrics"), "win_rate"))),
     Column("greedy acc. [95% CI]", lambda it: with_ci(it.get("metrics"), "greedy_accuracy"), True,
@@ -120,7 +129,8 @@ def exit_code(state: dict) -> int:
     """0 when the loop finished or stopped early on its own, else why it stopped."""
     if state["status"] == "waiting-for-review":
         return EXIT_WAITING_FOR_REVIEW
-    if state["status"] == "stopped" and any((it.get("review") or {}).get("passed") is False for it in state["iterations"]):
+    gates = [(it.get(gate) or {}).get("passed") for it in state["iterations"] for gate in ("review", "judge_gate")]
+    if state["status"] == "stopped" and False in gates:
         return EXIT_GATE_FAILED
     return 0
 
