@@ -82,6 +82,7 @@ class Column:
     cell: Callable[[dict], object]  # an iteration record of RUN/loop.json -> the cell
     terminal: bool = False  # also in `rlaif run`'s table
     baseline: Callable[[dict], object] | None = None  # the starting policy's cell, if the column has one
+    optional: bool = False  # left out of the terminal's table when no iteration has a value
 
 
 COLUMNS = [
@@ -93,9 +94,11 @@ COLUMNS = [
     Column("judge consistency", lambda it: summary_of(it, "judge").get("position_consistency")),
     Column("judge 1st-slot rate", lambda it: summary_of(it, "judge").get("first_position_rate")),
     Column("judge-human agreement", agreement, True),
-    Column("anchor agreement [95% CI]", anchor_agreement, True),
-    Column("anchor consistency", lambda it: fmt((it.get("anchor") or {}).get("position_consistency")), True),
-    Column("anchor 1st-slot rate", lambda it: fmt((it.get("anchor") or {}).get("first_position_rate")), True),
+    Column("anchor agreement [95% CI]", anchor_agreement, True, optional=True),
+    Column("anchor consistency", lambda it: fmt((it.get("anchor") or {}).get("position_consistency")), True,
+           optional=True),
+    Column("anchor 1st-slot rate", lambda it: fmt((it.get("anchor") or {}).get("first_position_rate")), True,
+           optional=True),
     Column("RM accuracy", lambda it: with_ci(it.get("metrics"), "reward_model_accuracy")),
     Column("win rate vs prev", lambda it: fmt(value_of(it.get("metrics"), "win_rate"))),
     Column("greedy acc. [95% CI]", lambda it: with_ci(it.get("metrics"), "greedy_accuracy"), True,
@@ -114,7 +117,8 @@ def iteration_rows(state: dict, columns: list[Column] = COLUMNS) -> list[list]:
 
 def loop_table(state: dict, run: Path) -> Table:
     """The terminal's table of a run: the starting policy, then one row per iteration."""
-    columns = [c for c in COLUMNS if c.terminal]
+    columns = [c for c in COLUMNS if c.terminal and not (
+        c.optional and all(c.cell(it) in (None, "–") for it in state["iterations"]))]
     table = Table(title=f"rlaif run · {run}", header_style="bold")
     for c in columns:
         table.add_column(c.header, justify="right")
