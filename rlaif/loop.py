@@ -82,6 +82,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     L = cfg.loop
+    if L.anchor_pairs:
+        load_pairs(L.anchor_pairs)  # a bad anchor file fails here, before any stage runs
     state = LoopState(name=run.name)
     previous = load_state(run)
     if previous:
@@ -93,8 +95,6 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     if cfg.evaluate.checker and L.report_judge_accuracy and not state.judge_quality and cfg.judge.model:
         same = cfg.judge.model == cfg.generate.model  # a policy judging itself: its rate as a policy is the baseline
         state.judge_quality = state.baseline if same else policy_accuracy(cfg, cfg.judge.model, "judge.model")
-    if L.anchor_pairs:
-        load_pairs(L.anchor_pairs)  # a bad anchor file fails here, before any stage runs
     best_value = _metric(state.baseline, L.metric)
     state.best_policy = cfg.generate.model
     stale = 0

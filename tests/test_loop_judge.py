@@ -76,3 +76,12 @@ def test_the_anchor_set_is_scored_every_iteration_as_judge_eval_scores_it(tmp_pa
     assert cell in shown and "anchor agreement" in shown  # the terminal table
     html = (run / "report.html").read_text()
     assert html.count(cell) == 2 and "anchor 1st-slot rate" in html
+
+
+def test_a_bad_anchor_file_is_a_one_line_error_before_any_stage(tmp_path):
+    bad = tmp_path / "anchor.jsonl"
+    bad.write_text('{"prompt": "1+1=", "chosen": "2"}\n')
+    run = tmp_path / "never"
+    result = run_cli("run", DEMO, "--out", run, "-q", "--set", f"loop.anchor_pairs={bad}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert str(bad) in result.stderr and "rejected" in result.stderr and not (run / "iter-000").exists()
