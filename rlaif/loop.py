@@ -1,8 +1,9 @@
 """The self-improving loop: the stages called in order, iteration after iteration, on one run directory.
 
 Read it like a recipe: for each iteration K, generate with the policy iteration K-1 trained, judge,
-filter, the judge's own check (its warnings, the anchor set), review (and gate), export, train, evaluate. Every stage is resumable on its own, so a killed
-loop rerun with the same pipeline continues where it stopped without redoing finished stages.
+filter, check the judge (its warnings, the anchor set), review (and gate), export, train, evaluate.
+Every stage is resumable on its own, so a killed loop rerun with the same pipeline continues where it
+stopped without redoing finished stages.
 """
 
 from __future__ import annotations
