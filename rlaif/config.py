@@ -457,6 +457,12 @@ class LoopConfig(StrictModel):
                                         "shows when the policy catches up with its judge.")
     train_reward_model: bool = Field(False, description="Also train a reward model on each iteration's preference "
                                      "export before the policy.")
+    stop_on_judge_flags: bool = Field(True, description="Stop before export and training when the iteration's "
+                                      "judge is flagged: first-position rate >= .9 in the judge stage, or on the "
+                                      "anchor set no better than chance or position-biased.")
+    anchor_pairs: str | None = Field(None, description="A labelled pair set (judge-eval's --pairs format) the "
+                                     "iteration's judge is scored on every iteration: agreement, position "
+                                     "consistency and first-position rate in loop.json and the report.")
 
 
 class ModelPrice(StrictModel):

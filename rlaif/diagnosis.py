@@ -37,17 +37,34 @@ def explain_gate_stop(cfg, record: dict, policy_quality: dict, judge_quality: di
     judged = (record.get("stages", {}).get("judge") or {}).get("summary") or {}
     if judged.get("warning"):  # a position-biased judge's confident-looking pairs are noise
         parts.append(f"the judge stage warned: {judged['warning']}")
+    parts.append(_filter_drops(cfg, record))
+    parts.append(_models(cfg, policy_quality, judge_quality))
+    return ". ".join(p.rstrip(".") for p in parts if p) + "."
+
+
+def explain_judge_stop(cfg, run, record: dict, flags: list[str]) -> str:
+    """One paragraph for a loop stopped on a flagged judge (`rlaif.judges.anchor.judge_flags`): the judge, each
+    flag with its figures, what the filter kept from it, and the setting that lets the loop go on anyway."""
+    judge = cfg.judge
+    named = judge.model or judge.verifier or judge.kind
+    template = f", template {judge.template}" if judge.template else ""
+    parts = [f"judge gate failed for {run} iter-{record['iteration']:03d}: the {judge.kind} judge {named}{template} "
+             f"is flagged, so its confident-looking pairs would train the policy on noise",
+             *flags, _filter_drops(cfg, record),
+             "fix the judge (judge.model, judge.template, judge.calibration) or set loop.stop_on_judge_flags: false "
+             "to go on anyway"]
+    return ". ".join(p.rstrip(".") for p in parts if p) + "."
+
+
+def _filter_drops(cfg, record: dict) -> str:
     summary = (record.get("stages", {}).get("filter") or {}).get("summary") or {}
-    if summary:
-        drops = {k.removeprefix("dropped."): v for k, v in summary.items() if k.startswith("dropped.") and v}
-        named = [f"{n:,} {FILTER_SETTINGS.get(reason, reason)}" + _threshold(cfg, reason)
-                 for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])]
-        parts.append(f"{summary.get('pairs', 0):,} pairs kept from {summary.get('prompts', 0):,} prompts"
-                     + (": dropped " + "; ".join(named) if named else ""))
-    models = _models(cfg, policy_quality, judge_quality)
-    if models:
-        parts.append(models)
-    return ". ".join(p.rstrip(".") for p in parts) + "."
+    if not summary:
+        return ""
+    drops = {k.removeprefix("dropped."): v for k, v in summary.items() if k.startswith("dropped.") and v}
+    named = [f"{n:,} {FILTER_SETTINGS.get(reason, reason)}" + _threshold(cfg, reason)
+             for reason, n in sorted(drops.items(), key=lambda kv: -kv[1])]
+    return (f"{summary.get('pairs', 0):,} pairs kept from {summary.get('prompts', 0):,} prompts"
+            + (": dropped " + "; ".join(named) if named else ""))
 
 
 def _threshold(cfg, reason: str) -> str:

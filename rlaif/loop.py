@@ -1,8 +1,9 @@
 """The self-improving loop: the stages called in order, iteration after iteration, on one run directory.
 
 Read it like a recipe: for each iteration K, generate with the policy iteration K-1 trained, judge,
-filter, review (and gate), export, train, evaluate. Every stage is resumable on its own, so a killed
-loop rerun with the same pipeline continues where it stopped without redoing finished stages.
+filter, check the judge (its warnings, the anchor set), review (and gate), export, train, evaluate.
+Every stage is resumable on its own, so a killed loop rerun with the same pipeline continues where it
+stopped without redoing finished stages.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rlaif.config import PipelineConfig, load_config
-from rlaif.diagnosis import explain_gate_stop
+from rlaif.diagnosis import explain_gate_stop, explain_judge_stop
 from rlaif.errors import RunError
+from rlaif.judges.anchor import anchor_quality, judge_flags
+from rlaif.judges.pair_sets import load_pairs
 from rlaif.report import write_report
 from rlaif.review.gate import check_gate
 from rlaif.runs import (LOOP_MANIFEST, dump_json, iteration_dir, load_state, now, previous_policy, read_manifest,
@@ -80,6 +83,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     L = cfg.loop
+    if L.anchor_pairs:
+        load_pairs(L.anchor_pairs)  # a bad anchor file fails here, before any stage runs
     state = LoopState(name=run.name)
     previous = load_state(run)
     if previous:
@@ -101,10 +106,18 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
         _timed(times, "generate", run_generate, c, str(run), iteration=k, progress=progress)
         _timed(times, "judge", run_judge, c, str(run), iteration=k, progress=progress)
         _timed(times, "filter", run_filter, c, str(run), iteration=k, progress=progress)
-        gate = _timed(times, "review", _review, c, run, k) if L.review else None
+        anchor = _timed(times, "anchor", anchor_quality, c, run, k) if L.anchor_pairs else None
+        record = {"iteration": k, "policy_in": c.generate.model, "times": times, "stages": _stage_figures(run, k),
+                  "anchor": anchor}
+        flags = judge_flags(record) if L.stop_on_judge_flags else []
+        if flags:  # a flagged judge: no review of its pairs, no training on them
+            record["judge_gate"] = {"passed": False, "flags": flags}
+            state.iterations.append(record)
+            state.status, state.stop_reason = "stopped", explain_judge_stop(c, run, record, flags)
+            break
+        record["review"] = gate = _timed(times, "review", _review, c, run, k) if L.review else None
         # the stages the report reads (generate, judge, filter, review) are all finished here
-        record = {"iteration": k, "policy_in": c.generate.model, "times": times,
-                  "stages": _stage_figures(run, k), "review": gate}
+        record["stages"] = _stage_figures(run, k)
         if gate is not None and not gate["passed"]:
             state.iterations.append(record)
             waiting = gate.get("waiting")

@@ -48,6 +48,18 @@ def test_the_terminal_table_shows_the_start_and_each_iteration():
     text = console.export_text()
     assert "start" in text and "0.360 [0.300, 0.420]" in text and "0.410 [0.310, 0.510]" in text
     assert "judge 1st-slot rate" not in text  # a report-only column
+    assert "anchor agreement" not in text  # no anchor set: its columns are left out
+
+
+def test_the_anchor_set_columns_show_when_the_loop_scored_one():
+    anchored = [{**iteration(k, 0.4), "anchor": {"agreement": 0.75, "agreement_ci95": [0.6, 0.86],
+                                                 "position_consistency": None, "first_position_rate": None}}
+                for k in (0, 1)]
+    console = Console(width=300, record=True)
+    console.print(loop_table({**STATE, "iterations": anchored}, "runs/x"))
+    text = console.export_text()
+    assert "anchor agreement" in text and text.count("0.750 [0.600, 0.860]") == 2
+    assert "anchor consistency" not in text  # a scoring judge has no order to swap: no value, no column
 
 
 def test_exit_codes():
@@ -55,6 +67,8 @@ def test_exit_codes():
     assert exit_code({**STATE, "status": "waiting-for-review"}) == 3
     failed = {**STATE, "iterations": [{**iteration(0, 0.4), "review": {"passed": False}}]}
     assert exit_code(failed) == 4 and exit_code(STATE) == 0  # stopped early by patience, not by the gate
+    flagged = {**STATE, "iterations": [{**iteration(0, 0.4), "review": None, "judge_gate": {"passed": False}}]}
+    assert exit_code(flagged) == 4  # stopped on a flagged judge
 
 
 def test_no_loop_yet(tmp_path):

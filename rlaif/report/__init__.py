@@ -1,7 +1,7 @@
 """`RUN/report.html`: one self-contained page (inline SVG plots) of a whole run, rebuilt from RUN/loop.json.
 
 Per iteration: candidates, pairs kept and dropped by reason, judge position consistency and
-first-position rate, judge-human agreement, reward-model accuracy, win rate, checked accuracy with
+first-position rate, judge-human agreement, the judge on the anchor set (`loop.anchor_pairs`), reward-model accuracy, win rate, checked accuracy with
 intervals, time per stage, and the openai engine's tokens and dollars (with a `pricing` table); the judge's own checked accuracy is drawn beside the policy's, so a
 reader sees when the policy catches up with its judge. The page is `templates/report.html`.
 """

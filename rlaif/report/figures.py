@@ -70,12 +70,19 @@ def agreement(it: dict) -> str:
     return f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" + (" (simulated)" if review.get("simulated") else "")
 
 
+def anchor_agreement(it: dict) -> str:
+    anchor = it.get("anchor") or {}
+    value, ci = anchor.get("agreement"), anchor.get("agreement_ci95")
+    return "–" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
     cell: Callable[[dict], object]  # an iteration record of RUN/loop.json -> the cell
     terminal: bool = False  # also in `rlaif run`'s table
     baseline: Callable[[dict], object] | None = None  # the starting policy's cell, if the column has one
+    optional: bool = False  # left out of the terminal's table when no iteration has a value
 
 
 COLUMNS = [
@@ -87,6 +94,11 @@ COLUMNS = [
     Column("judge consistency", lambda it: summary_of(it, "judge").get("position_consistency")),
     Column("judge 1st-slot rate", lambda it: summary_of(it, "judge").get("first_position_rate")),
     Column("judge-human agreement", agreement, True),
+    Column("anchor agreement [95% CI]", anchor_agreement, True, optional=True),
+    Column("anchor consistency", lambda it: fmt((it.get("anchor") or {}).get("position_consistency")), True,
+           optional=True),
+    Column("anchor 1st-slot rate", lambda it: fmt((it.get("anchor") or {}).get("first_position_rate")), True,
+           optional=True),
     Column("RM accuracy", lambda it: with_ci(it.get("metrics"), "reward_model_accuracy")),
     Column("win rate vs prev", lambda it: fmt(value_of(it.get("metrics"), "win_rate"))),
     Column("greedy acc. [95% CI]", lambda it: with_ci(it.get("metrics"), "greedy_accuracy"), True,
@@ -105,7 +117,8 @@ def iteration_rows(state: dict, columns: list[Column] = COLUMNS) -> list[list]:
 
 def loop_table(state: dict, run: Path) -> Table:
     """The terminal's table of a run: the starting policy, then one row per iteration."""
-    columns = [c for c in COLUMNS if c.terminal]
+    columns = [c for c in COLUMNS if c.terminal and not (
+        c.optional and all(c.cell(it) in (None, "–") for it in state["iterations"]))]
     table = Table(title=f"rlaif run · {run}", header_style="bold")
     for c in columns:
         table.add_column(c.header, justify="right")
@@ -120,7 +133,8 @@ def exit_code(state: dict) -> int:
     """0 when the loop finished or stopped early on its own, else why it stopped."""
     if state["status"] == "waiting-for-review":
         return EXIT_WAITING_FOR_REVIEW
-    if state["status"] == "stopped" and any((it.get("review") or {}).get("passed") is False for it in state["iterations"]):
+    gates = [(it.get(gate) or {}).get("passed") for it in state["iterations"] for gate in ("review", "judge_gate")]
+    if state["status"] == "stopped" and False in gates:
         return EXIT_GATE_FAILED
     return 0
 
