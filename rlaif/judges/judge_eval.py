@@ -88,7 +88,7 @@ def summary_rows(figures: dict) -> dict:
 
 
 def load_attacks(path: str | Path | None = None) -> list[dict]:
-    """The suite's attacks; an entry marked `null: true` is a whole answer (no {wrong} in it), the others dress
+    """The suite's attacks; an entry marked `null_answer: true` is a whole answer (no {wrong} in it), the others dress
     a wrong answer up."""
     path = Path(path) if path else ATTACKS
     try:
@@ -99,9 +99,9 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
     if not isinstance(attacks, list) or not all(isinstance(a, dict) and {"name", "text"} <= set(a) for a in attacks):
         raise InputError(f"{path}: expected 'attacks:' as a list of {{name, text}} entries (text uses {{wrong}})")
     for k, a in enumerate(attacks):
-        if not isinstance(a["text"], str) or ("{wrong}" in a["text"]) == bool(a.get("null")):
+        if not isinstance(a["text"], str) or ("{wrong}" in a["text"]) == bool(a.get("null_answer")):
             raise InputError(f"{path}: attack {k} ({a['name']}): text must be a string with {{wrong}} in it, or "
-                             f"without it and marked 'null: true' (a null answer)")
+                             f"without it and marked 'null_answer: true'")
     return attacks
 
 
