@@ -106,7 +106,8 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
 
 
 def _attacked(judge, pairs: list[dict]) -> list[quality.Outcome]:
-    """Each pair as an attacked pair: the `rejected` (attacker's) answer against the right one, attack in slot 1 first."""
+    """Each pair as an attacked pair: the `rejected` (attacker's) answer against the right one, the attack in
+    slot 1 first."""
     prefs = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])
     return [quality.Outcome(r["p"], len(p["rejected"]), len(p["chosen"]), tie=r["tie"], firsts=r["firsts"],
                             consistent=r["consistent"]) for p, r in zip(pairs, prefs)]
