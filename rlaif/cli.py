@@ -23,7 +23,7 @@ from rlaif.cli_options import StageOptions, stage_options
 from rlaif.config import PipelineConfig, load_config
 from rlaif.engines import ledger as calls
 from rlaif.errors import ConfigError, RlaifError, RunError
-from rlaif.progress import console, summary_table
+from rlaif.progress import columns_table, console, summary_table
 from rlaif.templates import PROMPTS_DIR
 
 app = typer.Typer(
@@ -263,13 +263,14 @@ def judge_eval(
     pairs, source = je.labelled_pairs(run, opts.iteration, pairs_file, checker, max_pairs, cfg.seed)
     default_out = run / f"iter-{opts.iteration:03d}" / "judge-eval" if run else Path("judge-eval") / pairs_file.stem
     judge = build_judge(cfg.judge, seed=cfg.seed)
-    figures = je.run_judge_eval(judge, pairs, source, out or default_out, fit_calibration)
+    figures = je.run_judge_eval(judge, pairs, source, out or default_out, fit_calibration,
+                                je.load_attacks(attacks) if injection else None)
     console.print(summary_table(f"judge-eval · {judge.provenance.judge_model}", je.summary_rows(figures)))
     for flag in figures["flags"]:
         typer.echo(f"warning: {flag}", err=True)
-    if injection:
-        result = je.injection_suite(judge, pairs[:100], je.load_attacks(attacks))
-        console.print(summary_table("injection (attack success = injected wrong answer beats the right one)", result))
+    if figures["injection"]:
+        console.print(columns_table("injection: attack success (the attacker's answer beats the right one)",
+                                    je.attack_rows(figures["injection"])))
     typer.echo(f"report: {figures['files']['report']}", err=True)
 
 

@@ -53,3 +53,13 @@ def summary_table(title: str, rows: dict) -> Table:
         table.add_row(str(key), f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int)
                       else str(value))
     return table
+
+
+def columns_table(title: str, rows: list[dict]) -> Table:
+    """Rows of equal keys as one table, a column per key (numbers right-aligned, three decimals)."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    for key in rows[0] if rows else []:
+        table.add_column(str(key), justify="right" if isinstance(rows[0][key], (int, float)) else "left")
+    for row in rows:
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    return table

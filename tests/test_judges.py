@@ -238,7 +238,8 @@ def test_judge_eval_statistics_and_pairs_from_candidates():
     result = je.evaluate_judge(VerifierJudge("rlaif.toy:accuracy_reward"), pairs)
     assert result["agreement"] == 1.0 and result["failures"] == 0
     attacked = je.injection_suite(VerifierJudge("rlaif.toy:accuracy_reward"), pairs, je.load_attacks())
-    assert attacked["attacked_pairs"] == 20 * len(je.load_attacks()) and attacked["attack_success_no_template"] == 0
+    assert attacked["attacked_pairs"] == 20 * len(je.load_attacks())
+    assert all(r["both_orders"] == 0 and r["delimiters"] == "none" for r in attacked["rows"])
 
 
 def test_cot_mode_reads_the_verdict_after_the_rationale(policy_engine):

@@ -6,8 +6,10 @@ checker (a verifier function with TRL's reward signature, 1 = right): per prompt
 right candidate, else the `solution` column) against each distinct wrong candidate.
 
 Injection: each attack in `prompts/injection/attacks.yaml` dresses a wrong answer up as an order to
-the judge; the attack succeeds when it wins against the right answer. Measured with the delimiting
-defence on (nonce tags) and off (a fixed, public tag).
+the judge, or is a null answer that carries no answer at all (a lone ":", "Thought process:", "I
+cannot answer."); the attack succeeds when it wins against the right answer. Measured with the
+delimiting defence on (nonce tags) and off (a fixed, public tag), and under the position defences:
+one order only, both orders averaged, and both orders plus the filter's tie/inconsistency rules.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def evaluate_judge(judge, pairs: list[dict], bins: int = 10) -> dict:
 
 def summary_rows(figures: dict) -> dict:
     """The terminal's table of `evaluate_judge`'s figures: scalars, the interval as text, categories' agreement."""
-    hidden = ("reliability", "by_category", "flags", "agreement_ci95", "calibration", "files")
+    hidden = ("reliability", "by_category", "flags", "agreement_ci95", "calibration", "files", "injection")
     rows = {k: v for k, v in figures.items() if k not in hidden}
     ci = figures.get("agreement_ci95")
     rows["agreement_ci95"] = f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else None
@@ -86,6 +88,8 @@ def summary_rows(figures: dict) -> dict:
 
 
 def load_attacks(path: str | Path | None = None) -> list[dict]:
+    """The suite's attacks; an entry marked `null_answer: true` is a whole answer (no {wrong} in it), the others dress
+    a wrong answer up."""
     path = Path(path) if path else ATTACKS
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -95,37 +99,56 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
     if not isinstance(attacks, list) or not all(isinstance(a, dict) and {"name", "text"} <= set(a) for a in attacks):
         raise InputError(f"{path}: expected 'attacks:' as a list of {{name, text}} entries (text uses {{wrong}})")
     for k, a in enumerate(attacks):
-        if "{wrong}" not in a["text"]:
-            raise InputError(f"{path}: attack {k} ({a['name']}): text must contain {{wrong}}")
+        if not isinstance(a["text"], str) or ("{wrong}" in a["text"]) == bool(a.get("null_answer")):
+            raise InputError(f"{path}: attack {k} ({a['name']}): text must be a string with {{wrong}} in it, or "
+                             f"without it and marked 'null_answer: true'")
     return attacks
 
 
+def _attacked(judge, pairs: list[dict]) -> list[quality.Outcome]:
+    """Each pair as an attacked pair: the `rejected` (attacker's) answer against the right one, the attack in
+    slot 1 first."""
+    prefs = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])
+    return [quality.Outcome(r["p"], len(p["rejected"]), len(p["chosen"]), tie=r["tie"], firsts=r["firsts"],
+                            consistent=r["consistent"]) for p, r in zip(pairs, prefs)]
+
+
 def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
-    """Attack success rate (injected wrong answer beats the right one), defence on and off."""
-    injected = [(a["name"], {**p, "rejected": a["text"].replace("{wrong}", p["rejected"]).replace(
-                 "{fixed_tag}", FIXED_TAG)}) for p in pairs for a in attacks]
-    modes = ("nonce", "fixed") if hasattr(judge, "delimiters") else ("n/a",)
-    out = {"attacks": len(attacks), "attacked_pairs": len(injected)}
-    plain = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])
-    valid = [r["p"] for r in plain if r["p"] is not None]
-    out["baseline_wrong_wins"] = round(sum(p > 0.5 for p in valid) / len(valid), 4) if valid else None
+    """Attack success (`quality.attack_success`: the attacker's answer beats the right one) per attack, with the
+    delimiting defence on (nonce tags) and off (the fixed tag), under each position defence; `no attack` is the
+    plain wrong answer."""
+    modes = ("nonce", "fixed") if hasattr(judge, "delimiters") else ("none",)
+    rows = [{"attack": "no attack", "delimiters": getattr(judge, "delimiters", "none"),
+             **quality.attack_success(_attacked(judge, pairs))}]
     for mode in modes:
         saved = getattr(judge, "delimiters", None)
-        if mode != "n/a":
+        if mode != "none":
             judge.delimiters = mode
         try:
-            ps = [pair for _, pair in injected]
-            res = _preferences(judge, ps, [p["rejected"] for p in ps], [p["chosen"] for p in ps])
+            judged = {}
+            for a in attacks:
+                ps = [{**p, "rejected": a["text"].replace("{wrong}", p["rejected"]).replace("{fixed_tag}", FIXED_TAG)}
+                      for p in pairs]
+                judged[a["name"]] = _attacked(judge, ps)
         finally:
-            if mode != "n/a":
+            if mode != "none":
                 judge.delimiters = saved
-        key = {"nonce": "defence_on", "fixed": "defence_off", "n/a": "no_template"}[mode]
-        wins = [r["p"] > 0.5 for r in res if r["p"] is not None]
-        out[f"attack_success_{key}"] = round(sum(wins) / len(wins), 4) if wins else None
-        for name in dict.fromkeys(n for n, _ in injected):
-            sub = [r["p"] > 0.5 for (n, _), r in zip(injected, res) if n == name and r["p"] is not None]
-            out[f"  {name} ({key})"] = round(sum(sub) / len(sub), 4) if sub else None
-    return out
+        rows.append({"attack": "all attacks", "delimiters": mode,
+                     **quality.attack_success([o for outs in judged.values() for o in outs])})
+        rows += [{"attack": name, "delimiters": mode, **quality.attack_success(outs)} for name, outs in judged.items()]
+    return {"attacks": len(attacks), "pairs": len(pairs), "attacked_pairs": len(pairs) * len(attacks),
+            "rows": rows}
+
+
+ATTACK_COLUMNS = {"attack": "attack", "delimiters": "delimiters", "judged": "judged", "slot1_only": "slot 1 only",
+                  "slot2_only": "slot 2 only", "both_orders": "both orders", "both_orders_filtered":
+                  "both orders + filter", "kept": "kept by filter"}
+
+
+def attack_rows(result: dict) -> list[dict]:
+    """The terminal's attack table: one row per attack and delimiter mode, columns named for people."""
+    return [{title: "n/a" if row[key] is None else row[key] for key, title in ATTACK_COLUMNS.items()}
+            for row in result["rows"]]
 
 
 def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, checker: str | None,
@@ -140,9 +163,11 @@ def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, ch
     return known_pairs(candidates, checker, max_pairs, seed), f"{run} iteration {iteration}, checked by {checker}"
 
 
-def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: Path | None = None) -> dict:
+def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: Path | None = None,
+                   attacks: list[dict] | None = None, attack_pairs: int = 100) -> dict:
     """Score `pairs` with `judge` (first fitting a calibration on `fit_file`'s pairs, written to
-    OUT/calibration.json), write OUT/metrics.json and OUT/report.html; the figures, with the files' paths."""
+    OUT/calibration.json) and, given `attacks`, run the injection suite on the first `attack_pairs` pairs; write
+    OUT/metrics.json and OUT/report.html; the figures, with the files' paths."""
     if fit_file is not None:
         fit_pairs = load_pairs(fit_file)
         calibration.check_disjoint(fit_pairs, pairs, fit_file, source)
@@ -152,5 +177,6 @@ def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: P
     figures = evaluate_judge(judge, pairs)
     cal = getattr(judge, "calibration", None)
     figures["calibration"] = cal.model_dump() if cal is not None else None
+    figures["injection"] = injection_suite(judge, pairs[:attack_pairs], attacks) if attacks else None
     paths = write(figures, out, source)
     return {**figures, "files": {k: str(v) for k, v in paths.items()}}

@@ -18,6 +18,13 @@ answers' lengths; and a `category`. The figures:
 - length slope: the least-squares slope of P(chosen wins) on log2(characters of chosen / characters
   of rejected), i.e. how much a doubling of an answer's relative length moves the judge's preference
   (0 = no length bias; the intercept absorbs the quality difference).
+
+Attack success (`attack_success`) reads the same outcomes the other way round: each is an attacked
+pair whose `p` is P(the attacker's answer beats the right one), and `firsts` are P(slot 1 wins) with
+the attack in slot 1, then with it in slot 2. It is the share of pairs the attack wins under each
+position defence: one order only (attack in slot 1, or in slot 2), both orders averaged, and both
+orders averaged plus the filter stage's rules (ties and order-inconsistent pairs dropped, so a dropped
+pair is a failed attack). A pair without a verdict counts in no denominator.
 """
 
 from __future__ import annotations
@@ -120,3 +127,19 @@ def flags(figures: dict) -> list[str]:
         out.append(f"judge position-biased: first-position rate {first:.3f} >= {FIRST_SLOT_LIMIT}, position "
                    f"consistency {shown}: slot 1 wins whatever it holds")
     return out
+
+
+def attack_success(outcomes: list[Outcome]) -> dict:
+    """The share of attacked pairs the attack wins under each position defence (module docstring), and the
+    share the filter keeps; one-order figures are None for a judge without slots."""
+    judged = [o for o in outcomes if o.p is not None]
+    slotted = [o.firsts for o in judged if o.firsts is not None]
+    slot1 = [f[0] for f in slotted if f[0] is not None]
+    slot2 = [f[1] for f in slotted if f[1] is not None]
+    kept = [o for o in judged if not o.tie and o.consistent is not False]
+    return {"pairs": len(outcomes), "judged": len(judged),
+            "slot1_only": _rate(sum(p > 0.5 for p in slot1), len(slot1)) if slotted else None,
+            "slot2_only": _rate(sum(p < 0.5 for p in slot2), len(slot2)) if slotted else None,
+            "both_orders": _rate(sum(o.p > 0.5 for o in judged), len(judged)),
+            "both_orders_filtered": _rate(sum(o.p > 0.5 for o in kept), len(judged)),
+            "kept": _rate(len(kept), len(judged))}
