@@ -75,6 +75,7 @@ FAULTS = {  # prompt -> attempts the server must see (max_retries=3: at most 4)
 FAILED = {"#fault=500", "#fault=400"}
 
 
+@pytest.mark.slow
 def test_faults_through_cli_retried_recorded_and_resumed(keyed_server, tmp_path):
     tag = "cli"
     prompts = tmp_path / "prompts.jsonl"

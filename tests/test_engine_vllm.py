@@ -14,7 +14,7 @@ from rlaif.engines import GenerationRequest
 from rlaif.errors import EngineError
 from rlaif.records import CANDIDATE_COLUMNS, SamplingParams
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]  # a vLLM engine starts once per module (~20 s)
 
 TOLERANCE = 2e-3  # float32 log-probs on vLLM's CPU kernels vs torch: ~1e-5 measured
 

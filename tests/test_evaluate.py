@@ -37,6 +37,7 @@ def test_win_rate_counts_ties_and_uses_the_judge():
     assert out["value"] == pytest.approx((0.5 + 1 + 0 + 1) / 4) and out["ties"] == 1 and out["n"] == 4
 
 
+@pytest.mark.slow
 def test_evaluate_run_stores_figures(tmp_path, toy_paths):
     from rlaif import generate
     from rlaif.engines.transformers import TransformersEngine

@@ -133,6 +133,7 @@ def test_review_status_and_bad_options(pairs):
         export(pairs.select([]))
 
 
+@pytest.mark.slow
 def test_cli_filter_then_export_into_the_run(tmp_path):
     run = tmp_path / "run"
     write_judge(run, [(toy_scores(8).to_list(), [])])

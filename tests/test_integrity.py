@@ -134,6 +134,7 @@ def test_damaged_review_store_is_one_line_with_the_recovery(copy):
     assert "review.sqlite: damaged review store" in lines[0] and f"rlaif review {run} --iteration 0" in lines[0]
 
 
+@pytest.mark.slow
 def test_verify_reports_intact_damaged_and_usage_errors(copy, tmp_path):
     run, _ = copy
     ok = run_cli("verify", run)
@@ -172,6 +173,7 @@ def test_litter_of_a_killed_writer_is_removed(copy):
     assert not litter.exists()
 
 
+@pytest.mark.slow
 def test_damaged_train_checkpoint_is_one_line_with_the_recovery(tmp_path, toy_paths):
     from test_train import write_exports
 
@@ -202,6 +204,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_second_command_on_a_stage_exits_at_once_and_a_killed_holder_never_blocks(tmp_path, toy_paths):
     import os
     import signal
@@ -232,6 +235,7 @@ def test_a_second_command_on_a_stage_exits_at_once_and_a_killed_holder_never_blo
     assert resumed.returncode == 2 and "generate.limit: 2000 → 200" in resumed.stderr, resumed.stderr
 
 
+@pytest.mark.slow
 def test_the_config_record_never_lies_and_failed_commands_leave_nothing(tmp_path, toy_test_prompts):
     import yaml
 

@@ -37,6 +37,7 @@ def demo_run(tmp_path_factory, toy_paths):
     return run, result
 
 
+@pytest.mark.slow
 def test_demo_pipeline_runs_two_iterations(demo_run):
     run, result = demo_run
     state = _state(run)
@@ -82,6 +83,7 @@ def test_demo_raises_held_out_accuracy(tmp_path, toy_paths):
     assert after["ci95"][0] > before["ci95"][1], (before, after)
 
 
+@pytest.mark.slow
 def test_kill_mid_iteration_then_resume(demo_run, tmp_path):
     reference, _ = demo_run
     run = tmp_path / "demo"
@@ -110,6 +112,7 @@ def test_kill_mid_iteration_then_resume(demo_run, tmp_path):
         assert a["stages"]["filter"]["summary"]["pairs"] == b["stages"]["filter"]["summary"]["pairs"]
 
 
+@pytest.mark.slow
 def test_failing_gate_stops_the_loop(tmp_path, toy_paths):
     run = tmp_path / "gated"
     result = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "-q",
@@ -121,6 +124,7 @@ def test_failing_gate_stops_the_loop(tmp_path, toy_paths):
     assert not (run / "iter-000" / "policy").exists() and not (run / "iter-000" / "export").exists()
 
 
+@pytest.mark.slow
 def test_a_stop_says_why_in_the_users_terms(tmp_path, toy_paths):
     """Too few pairs survive the filter: the message names each filter with its count, and both models' accuracy."""
     from rlaif.diagnosis import FILTER_SETTINGS
@@ -147,6 +151,7 @@ def test_a_stop_says_why_in_the_users_terms(tmp_path, toy_paths):
     assert "filter.min_best_score" in (run / "report.html").read_text()  # and the report shows it
 
 
+@pytest.mark.slow
 def test_human_review_makes_the_loop_wait_then_continue(tmp_path, toy_paths):
     run = tmp_path / "human"
     sets = _sets("loop.iterations=1", "review.reviewer=human", "loop.control=false", "review.min_agreement=0")
@@ -177,6 +182,7 @@ def test_human_review_makes_the_loop_wait_then_continue(tmp_path, toy_paths):
                              "train.batch_size=4", "review.min_agreement=0", "review.min_reviewed=2"]),
     ("ultrafeedback.yaml", ["generate.limit=8", "filter.min_margin=null"]),
 ])
+@pytest.mark.slow
 def test_shipped_pipeline_runs_end_to_end(tmp_path, toy_paths, name, extra):
     run = tmp_path / name.removesuffix(".yaml")
     result = run_cli("run", PIPELINES / name, "--out", run, "-q", *_sets(*extra), timeout=900)
@@ -212,6 +218,7 @@ def test_broken_pipeline_files_name_the_field(tmp_path, case):
     assert str(path) in str(err.value) and expected in str(err.value)
 
 
+@pytest.mark.slow
 def test_missing_model_is_a_one_line_cli_error(tmp_path):
     path = tmp_path / "no-model.yaml"
     path.write_text("generate:\n  input: toy:test\n")

@@ -39,6 +39,7 @@ def test_retry_after_ms_wins_and_http_dates_are_ignored():
 
 
 @pytest.mark.parametrize("headers", [True, False], ids=["x-ratelimit-headers", "retry-after-only"])
+@pytest.mark.slow
 def test_limiter_adapts_to_a_429_storm(headers):
     proc = subprocess.Popen([sys.executable, str(SERVER), "--budget", str(BUDGET), "--window", str(WINDOW),
                              *(["--headers"] if headers else [])], stdout=subprocess.PIPE, text=True)

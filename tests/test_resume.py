@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import RLAIF, run_cli
 from rlaif.runs import load_table, read_manifest, stage_dir
 
@@ -22,6 +24,7 @@ def _rows(run):
     return sorted(zip(t["prompt_id"], t["candidate_index"], t["text"], t["seed"]))
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path, toy_paths):
     prompts = _input(tmp_path, toy_paths)
     killed, reference = tmp_path / "killed", tmp_path / "reference"
@@ -57,6 +60,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, toy_paths):
     assert rows == _rows(reference)
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_then_overwrite(tmp_path, toy_paths):
     prompts = _input(tmp_path, toy_paths, k=16)
     run = tmp_path / "run"

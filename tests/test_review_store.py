@@ -137,6 +137,7 @@ def test_gate_without_review_and_with_simulated_reviewers(run):
         assert v["label"] == ("tie" if c and r else "both-bad" if not (c or r) else "chosen" if c else "rejected")
 
 
+@pytest.mark.slow
 def test_cli_simulate_stats_and_gate(run):
     res = run_cli("review", run, "--simulate", "--set", "review.checker=rlaif.toy:accuracy_reward",
                   "--set", "review.sample_size=20", "--set", "review.min_reviewed=5",

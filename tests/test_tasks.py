@@ -207,6 +207,7 @@ def test_source_writes_each_split_once_and_names_the_known_ones(tmp_path, monkey
     assert known_names() == ["tasks:ifeval-lite:train", "tasks:ifeval-lite:test"] and list(TASKS) == ["ifeval-lite"]
 
 
+@pytest.mark.slow
 def test_cli_generate_reads_the_task_set_and_the_verifier_judges_it(tmp_path, toy_paths):
     run = tmp_path / "run"
     done = run_cli("generate", "-i", "tasks:ifeval-lite:test", "--limit", "16", "-m", "toy:policy", "-o", run,

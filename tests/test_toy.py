@@ -52,6 +52,7 @@ def test_toy_build_prints_accuracies_and_environment(toy_paths):
         assert word in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_a_target_missed_within_the_step_cap_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("RLAIF_CACHE", str(tmp_path))
     recipe = toy.ToyRecipe(max_steps=50, eval_every=25)

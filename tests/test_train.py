@@ -117,6 +117,7 @@ def test_reward_model_trains_and_scores(exported, tmp_path):
     assert all(isinstance(s.score, float) for s in scores) and scores[0].score != scores[1].score
 
 
+@pytest.mark.slow
 def test_cli_dpo_prints_summary_then_rerun_is_skipped_and_changes_refused(exported, tmp_path):
     run = tmp_path / "run"
     (run / "iter-000").mkdir(parents=True)
@@ -154,6 +155,7 @@ def test_lora_saves_an_adapter_that_loads(exported, tmp_path):
     assert len(generates(ckpt)) == 4  # transformers loads the adapter over its base, through the engine
 
 
+@pytest.mark.slow
 def test_bad_config_errors_name_the_field(tmp_path, exported):
     from rlaif.stages.train import run_train
 

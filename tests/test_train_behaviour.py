@@ -19,6 +19,7 @@ from __future__ import annotations
 import statistics
 
 import datasets
+import pytest
 
 from rlaif import toy
 from rlaif.config import load_config
@@ -65,6 +66,7 @@ def test_dpo_raises_held_out_log_prob_margin(tmp_path, toy_paths):
     assert paired_t(after, before) > 3, (statistics.mean(before), statistics.mean(after))
 
 
+@pytest.mark.slow
 def test_reward_model_ranks_held_out_pairs_above_chance(tmp_path, toy_paths):
     from rlaif.stages.evaluate import reward_model_accuracy
     from rlaif.stages.train import run_train
@@ -81,6 +83,7 @@ def test_reward_model_ranks_held_out_pairs_above_chance(tmp_path, toy_paths):
     assert acc["value"] == result.summary["eval_accuracy"]  # our scoring agrees with TRL's own evaluation
 
 
+@pytest.mark.slow
 def test_grpo_with_a_verifier_raises_held_out_reward(tmp_path, toy_paths):
     from rlaif.engines.transformers import TransformersEngine
     from rlaif.stages.evaluate import answers

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 from conftest import RLAIF, run_cli
 from test_train import write_exports
 
@@ -14,6 +16,7 @@ ARGS = ["--base", "toy:policy", "--max-steps", str(STEPS), "--batch-size", "8", 
         "--set", "train.save_steps=5", "--set", "train.max_length=32", "--set", "train.logging_steps=1"]
 
 
+@pytest.mark.slow
 def test_kill_9_mid_training_then_resume(tmp_path, toy_paths):
     run = tmp_path / "run"
     write_exports(run, n_train=64, n_test=8)
