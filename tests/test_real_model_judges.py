@@ -183,3 +183,36 @@ def test_judge_eval_cli_on_the_models_own_answers(run_with_candidates):
     agreement = float(re.search(r"│ agreement\s+│\s+([\d.]+)", out).group(1))
     first = float(re.search(r"│ first_position_rate\s+│\s+([\d.]+)", out).group(1))
     assert 0 <= agreement <= 1 and 0 <= first <= 1 and not math.isnan(first)
+
+
+def test_judge_eval_scores_a_labelled_pair_file_and_flags_what_it_finds(smollm2_path, tmp_path):
+    """`rlaif judge-eval --pairs FILE --judge pairwise -m smollm2:135m-instruct` on constraint pairs: the figures
+    are consistent with each other, and every flag the figures call for is printed and stored (none other)."""
+    from rlaif.judges import quality
+
+    rows = [{"prompt": f"Write one sentence about {topic} in all lowercase letters.", "chosen": good, "rejected": bad,
+             "category": "lowercase"} for topic, good, bad in [
+                 ("the sea", "the sea is wide and calm today.", "The Sea Is Wide And Calm Today."),
+                 ("bread", "bread smells warm in the morning.", "BREAD SMELLS WARM IN THE MORNING."),
+                 ("rain", "rain taps softly on the window.", "Rain Taps Softly On The Window.")]]
+    rows += [{"prompt": [{"role": "user", "content": f"Name a colour. Answer with {k} words at most."}],
+              "chosen": "Blue.", "rejected": "My favourite colour of all the colours in the world is a deep blue.",
+              "category": "max_words"} for k in (3, 4, 5)]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    result = run_cli("judge-eval", "--pairs", pairs, "--judge", "pairwise", "-m", NAME, "--no-injection",
+                     "--out", out, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((out / "metrics.json").read_text())
+    assert figures["pairs"] == 6 and figures["judged"] == 6 and figures["failures"] == 0
+    assert set(figures["by_category"]) == {"lowercase", "max_words"}
+    assert sum(c["pairs"] for c in figures["by_category"].values()) == 6
+    for key in ("agreement", "position_consistency", "first_position_rate", "tie_rate", "ece"):
+        assert 0 <= figures[key] <= 1, key
+    low, high = figures["agreement_ci95"]
+    assert low <= figures["agreement"] <= high
+    assert figures["flags"] == quality.flags(figures)
+    for flag in figures["flags"]:
+        assert flag.split(":")[0] in result.stderr
+    assert "Reliability diagram" in (out / "report.html").read_text()
