@@ -29,6 +29,9 @@ TINY = ["generate.engine=transformers", "judge.engine=transformers", "evaluate.e
         "generate.limit=3", "generate.n=2", "generate.max_new_tokens=8",
         "filter.drop_truncated=false", "filter.drop_inconsistent=false", "filter.min_margin=null",
         "filter.tie_band=0", "judge.tie_band=0",
+        # the prompted 135M judge is position-biased, which the judge gate would stop on: this test is of the
+        # plumbing, so every defence is off and the loop goes on to train on whatever the judge said
+        "loop.stop_on_judge_flags=false",
         "train.max_steps=2", "train.batch_size=2", "train.max_length=128",
         f"evaluate.limit={HELD_OUT_PROMPTS}", "evaluate.max_new_tokens=8", "loop.iterations=1"]
 
