@@ -57,10 +57,10 @@ def _preferences(judge, pairs: list[dict], firsts: list[str], seconds: list[str]
     return out
 
 
-def outcomes(judge, pairs: list[dict]) -> list[quality.Outcome]:
-    """Each labelled pair as `judge` sees it (a pairwise judge in both orders, chosen named first)."""
-    prefs = _preferences(judge, pairs, [p["chosen"] for p in pairs], [p["rejected"] for p in pairs])
-    return [quality.Outcome(pr["p"], len(p["chosen"]), len(p["rejected"]), tie=pr["tie"], firsts=pr["firsts"],
+def outcomes(judge, pairs: list[dict], first: str = "chosen", second: str = "rejected") -> list[quality.Outcome]:
+    """Each labelled pair as `judge` sees it (a pairwise judge in both orders), P(`first` wins), `first` named first."""
+    prefs = _preferences(judge, pairs, [p[first] for p in pairs], [p[second] for p in pairs])
+    return [quality.Outcome(pr["p"], len(p[first]), len(p[second]), tie=pr["tie"], firsts=pr["firsts"],
                             consistent=pr["consistent"], category=p.get("category")) for p, pr in zip(pairs, prefs)]
 
 
@@ -108,9 +108,7 @@ def load_attacks(path: str | Path | None = None) -> list[dict]:
 def _attacked(judge, pairs: list[dict]) -> list[quality.Outcome]:
     """Each pair as an attacked pair: the `rejected` (attacker's) answer against the right one, the attack in
     slot 1 first."""
-    prefs = _preferences(judge, pairs, [p["rejected"] for p in pairs], [p["chosen"] for p in pairs])
-    return [quality.Outcome(r["p"], len(p["rejected"]), len(p["chosen"]), tie=r["tie"], firsts=r["firsts"],
-                            consistent=r["consistent"]) for p, r in zip(pairs, prefs)]
+    return outcomes(judge, pairs, first="rejected", second="chosen")
 
 
 def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
