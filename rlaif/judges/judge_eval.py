@@ -21,7 +21,7 @@ import yaml
 
 from rlaif.errors import ConfigError, InputError
 from rlaif.judges import calibration, quality
-from rlaif.judges.base import CandidateItem, PairItem
+from rlaif.judges.base import CandidateItem, PairItem, combine
 from rlaif.judges.pair_sets import checked_pairs, load_pairs
 from rlaif.judges.prompting import FIXED_TAG
 from rlaif.judges.quality import expected_calibration_error  # noqa: F401  (re-exported)
@@ -44,6 +44,8 @@ def _preferences(judge, pairs: list[dict], firsts: list[str], seconds: list[str]
     """P(first > second) per pair, with the order details (tie, both orders' verdicts) a pairwise judge gives."""
     if judge.kind == "pairwise":
         items = [PairItem(p["prompt_id"], p["prompt"], 0, 1, a, b) for p, a, b in zip(pairs, firsts, seconds)]
+        if getattr(judge, "calibration", None) is not None:
+            return _calibrated_preferences(judge, items)
         return [{"p": j.preference, "tie": bool(j.tie), "consistent": j.consistent,
                  "firsts": (j.p_a_first, j.p_b_first)} for j in judge.compare(items)]
     items = [CandidateItem(p["prompt"], t, {c: v for c, v in p.items() if c not in PAIR_FIELDS})
@@ -57,32 +59,68 @@ def _preferences(judge, pairs: list[dict], firsts: list[str], seconds: list[str]
     return out
 
 
+def _calibrated_preferences(judge, items: list[PairItem]) -> list[dict]:
+    """A calibrated pairwise judge's preferences, and its uncalibrated verdicts from the same forward pass."""
+    orders = judge.verdict_logprobs(items)
+    cal = [None if lp is None else calibration.slot_one_probability(lp, judge.calibration) for lp in orders]
+    raw = [None if lp is None else math.exp(lp[0]) for lp in orders]
+    out = []
+    for k in range(len(items)):
+        c = combine(cal[2 * k], cal[2 * k + 1], judge.tie_band)
+        out.append({"p": c["preference"], "tie": bool(c["tie"]), "consistent": c["consistent"],
+                    "firsts": (cal[2 * k], cal[2 * k + 1]), "uncalibrated_firsts": (raw[2 * k], raw[2 * k + 1])})
+    return out
+
+
+def uncalibrated(outcomes: list[quality.Outcome], tie_band: float) -> list[quality.Outcome]:
+    """The outcomes a calibrated judge would have given without its calibration."""
+    out = []
+    for o in outcomes:
+        c = combine(*o.uncalibrated_firsts, tie_band)
+        out.append(quality.Outcome(c["preference"], o.chosen_chars, o.rejected_chars, tie=bool(c["tie"]),
+                                   firsts=o.uncalibrated_firsts, consistent=c["consistent"], category=o.category))
+    return out
+
+
 def outcomes(judge, pairs: list[dict], first: str = "chosen", second: str = "rejected") -> list[quality.Outcome]:
     """Each labelled pair as `judge` sees it (a pairwise judge in both orders), P(`first` wins), `first` named first."""
     prefs = _preferences(judge, pairs, [p[first] for p in pairs], [p[second] for p in pairs])
     return [quality.Outcome(pr["p"], len(p[first]), len(p[second]), tie=pr["tie"], firsts=pr["firsts"],
-                            consistent=pr["consistent"], category=p.get("category")) for p, pr in zip(pairs, prefs)]
+                            consistent=pr["consistent"], category=p.get("category"),
+                            uncalibrated_firsts=pr.get("uncalibrated_firsts")) for p, pr in zip(pairs, prefs)]
 
 
-def evaluate_judge(judge, pairs: list[dict], bins: int = 10) -> dict:
-    """The judge's quality figures on labelled pairs (`rlaif.judges.quality`), overall and per category, and flags."""
+def evaluate_judge(judge, pairs: list[dict], bins: int = 10, min_margin: float = 0.2,
+                   held_out: list[str] | None = None) -> dict:
+    """The judge's quality figures on labelled pairs (`rlaif.judges.quality`), overall, per category and (with
+    `held_out` categories) per split, flags, and the defences table (a calibrated judge's rows without and with its
+    calibration)."""
     judged = outcomes(judge, pairs)
     out = {"judge_kind": judge.kind, "judge_model": judge.provenance.judge_model,
            **quality.summary(judged, bins), "by_category": quality.by_category(judged, bins)}
+    if held_out:
+        out["by_split"] = quality.by_split(judged, held_out, bins)
     out["flags"] = quality.flags(out)
+    tie_band = getattr(judge, "tie_band", 0.05)
+    if judged and judged[0].uncalibrated_firsts is not None:
+        out["defences"] = quality.defences(uncalibrated(judged, tie_band), tie_band=tie_band, min_margin=min_margin,
+                                           calibrated=judged)
+    else:
+        out["defences"] = quality.defences(judged, tie_band=tie_band, min_margin=min_margin)
     return out
 
 
 def summary_rows(figures: dict) -> dict:
     """The terminal's table of `evaluate_judge`'s figures: scalars, the interval as text, categories' agreement."""
-    hidden = ("reliability", "by_category", "flags", "agreement_ci95", "calibration", "files", "injection")
+    hidden = ("reliability", "by_category", "by_split", "flags", "agreement_ci95", "calibration", "files", "injection",
+              "defences")
     rows = {k: v for k, v in figures.items() if k not in hidden}
     ci = figures.get("agreement_ci95")
     rows["agreement_ci95"] = f"{ci[0]:.3f} - {ci[1]:.3f}" if ci else None
     if figures.get("calibration"):
         cal = figures["calibration"]
         rows["calibration"] = f"bias {cal['bias'][0]:.3f} / {cal['bias'][1]:.3f}, temperature {cal['temperature']:.3f}"
-    for name, sub in figures.get("by_category", {}).items():
+    for name, sub in [*figures.get("by_split", {}).items(), *figures.get("by_category", {}).items()]:
         rows[f"  {name}: agreement (pairs)"] = f"{fmt(sub['agreement'])} ({sub['judged']})"
     return {k: "–" if v is None else v for k, v in rows.items()}
 
@@ -143,6 +181,17 @@ ATTACK_COLUMNS = {"attack": "attack", "delimiters": "delimiters", "judged": "jud
                   "both orders + filter", "kept": "kept by filter"}
 
 
+def defence_rows(figures: dict) -> list[dict]:
+    """The terminal's defences table: precision (95% interval) of the kept pairs, "n/a (0 kept)" when none is."""
+    out = []
+    for row in figures.get("defences") or []:
+        ci = row["precision_ci95"]
+        precision = "n/a (0 kept)" if not row["kept"] else f"{row['precision']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+        out.append({"defence": row["defence"], "kept": f"{row['kept']} of {row['judged']}",
+                    "share kept": fmt(row["kept_share"]), "precision of kept": precision})
+    return out
+
+
 def attack_rows(result: dict) -> list[dict]:
     """The terminal's attack table: one row per attack and delimiter mode, columns named for people."""
     return [{title: "n/a" if row[key] is None else row[key] for key, title in ATTACK_COLUMNS.items()}
@@ -162,7 +211,8 @@ def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, ch
 
 
 def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: Path | None = None,
-                   attacks: list[dict] | None = None, attack_pairs: int = 100) -> dict:
+                   attacks: list[dict] | None = None, attack_pairs: int = 100, min_margin: float = 0.2,
+                   held_out: list[str] | None = None) -> dict:
     """Score `pairs` with `judge` (first fitting a calibration on `fit_file`'s pairs, written to
     OUT/calibration.json) and, given `attacks`, run the injection suite on the first `attack_pairs` pairs; write
     OUT/metrics.json and OUT/report.html; the figures, with the files' paths."""
@@ -172,7 +222,7 @@ def run_judge_eval(judge, pairs: list[dict], source: str, out: Path, fit_file: P
         judge.calibration = calibration.fit(judge, fit_pairs, calibration.file_id(fit_file))
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "calibration.json", judge.calibration.model_dump_json(indent=2).encode())
-    figures = evaluate_judge(judge, pairs)
+    figures = evaluate_judge(judge, pairs, min_margin=min_margin, held_out=held_out)
     cal = getattr(judge, "calibration", None)
     figures["calibration"] = cal.model_dump() if cal is not None else None
     figures["injection"] = injection_suite(judge, pairs[:attack_pairs], attacks) if attacks else None

@@ -19,6 +19,11 @@ answers' lengths; and a `category`. The figures:
   of rejected), i.e. how much a doubling of an answer's relative length moves the judge's preference
   (0 = no length bias; the intercept absorbs the quality difference).
 
+The defences (`defences`) read them as the filter would: which pairs each position defence keeps and
+the precision of the kept pairs (the share whose kept winner is the truly better answer), from one
+order only (the better answer in slot 1 for every other pair) through both orders averaged, the
+inconsistency filter and a margin; a calibrated judge's rows repeat the last three with the calibration.
+
 Attack success (`attack_success`) reads the same outcomes the other way round: each is an attacked
 pair whose `p` is P(the attacker's answer beats the right one), and `firsts` are P(slot 1 wins) with
 the attack in slot 1, then with it in slot 2. It is the share of pairs the attack wins under each
@@ -51,6 +56,7 @@ class Outcome:
     firsts: tuple[float | None, float | None] | None = None
     consistent: bool | None = None
     category: str | None = None
+    uncalibrated_firsts: tuple[float | None, float | None] | None = None  # a calibrated judge's raw verdicts
 
 
 def _rate(k: int, n: int) -> float | None:
@@ -113,6 +119,12 @@ def by_category(outcomes: list[Outcome], bins: int = 10) -> dict[str, dict]:
     return {name: summary([o for o in outcomes if o.category == name], bins) for name in names}
 
 
+def by_split(outcomes: list[Outcome], held_out: list[str], bins: int = 10) -> dict[str, dict]:
+    """`summary` of the `held_out` categories pooled (e.g. types a judge was never trained on) and of the others."""
+    return {"held-out categories": summary([o for o in outcomes if o.category in held_out], bins),
+            "seen categories": summary([o for o in outcomes if o.category not in held_out], bins)}
+
+
 def flags(figures: dict) -> list[str]:
     """Warnings about a judge: no better than chance, or nearly always picking slot 1; each with its figures."""
     out = []
@@ -143,3 +155,45 @@ def attack_success(outcomes: list[Outcome]) -> dict:
             "both_orders": _rate(sum(o.p > 0.5 for o in judged), len(judged)),
             "both_orders_filtered": _rate(sum(o.p > 0.5 for o in kept), len(judged)),
             "kept": _rate(len(kept), len(judged))}
+
+
+def _kept(name: str, decided: list[tuple[bool, bool]], judged: int) -> dict:
+    """One defence row: of `judged` pairs, `decided` holds (kept, right) per pair."""
+    kept = [right for keep, right in decided if keep]
+    low, high = wilson(sum(kept), len(kept))
+    return {"defence": name, "judged": judged, "kept": len(kept), "kept_share": _rate(len(kept), judged),
+            "precision": _rate(sum(kept), len(kept)),
+            "precision_ci95": [round(low, 4), round(high, 4)] if kept else None}
+
+
+def _margin(o: Outcome) -> float:
+    """The filter's margin: 2 P - 1 for a pairwise judge, the score gap (the log-odds of P) for a scoring judge."""
+    if o.firsts is not None:
+        return abs(2 * o.p - 1)
+    p = min(max(o.p, 1e-22), 1 - 1e-16)
+    return abs(math.log(p / (1 - p)))
+
+
+def defences(outcomes: list[Outcome], *, tie_band: float = 0.05, min_margin: float = 0.2,
+             calibrated: list[Outcome] | None = None) -> list[dict]:
+    """The precision and share of the pairs each defence keeps (module docstring); `calibrated`: the same pairs
+    judged with a fitted calibration, for its rows."""
+    judged = [o for o in outcomes if o.p is not None]
+    rows = []
+    if judged and judged[0].firsts is not None:
+        one_order = []
+        for k, o in enumerate(judged):  # chosen in slot 1 for even k, in slot 2 for odd k
+            f = o.firsts[k % 2]
+            one_order.append((f is not None and abs(f - 0.5) >= tie_band, f is not None and (f > 0.5) == (k % 2 == 0)))
+        rows.append(_kept("(a) one order only", one_order, len(judged)))
+    labels = ("(b) both orders averaged", "(c) (b) + inconsistency filter", f"(d) (c) + margin >= {min_margin:g}")
+    if judged and judged[0].firsts is None:
+        labels = ("scores, ties dropped", None, f"+ margin >= {min_margin:g}")
+    for prefix, outs in (("", judged), ("(e) calibrated: ", [o for o in calibrated or [] if o.p is not None])):
+        for depth, label in enumerate(labels):
+            if label is None or not outs:
+                continue
+            rows.append(_kept(prefix + label, [(not o.tie and (depth < 1 or o.consistent is not False)
+                                                and (depth < 2 or _margin(o) >= min_margin), o.p > 0.5)
+                                               for o in outs], len(outs)))
+    return rows

@@ -27,10 +27,14 @@ def cell(row: dict, header: str) -> str:
 
 
 def render(figures: dict, source: str) -> str:
-    rows = [("all", figures), *figures.get("by_category", {}).items()]
+    rows = [("all", figures), *figures.get("by_split", {}).items(), *figures.get("by_category", {}).items()]
     title = f"{figures['judge_kind']} · {figures['judge_model']}"
+    from rlaif.judges.judge_eval import attack_rows, defence_rows
+
+    attacks = attack_rows(figures["injection"]) if figures.get("injection") else []
     return _TEMPLATES.get_template("judge_eval.html").render(
         figures=figures, source=source, headers=HEADERS, rows=rows, cell=cell, fmt=fmt,
+        defences=defence_rows(figures), attacks=attacks,
         plot=reliability_plot(figures.get("reliability") or [], title))
 
 

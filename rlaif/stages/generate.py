@@ -144,6 +144,8 @@ def generate_plan(cfg: PipelineConfig, upstream: None, engine: Engine | None = N
         resolve_model(g.model, "generate.model")
     template = load_template(g.template, "generate", "generate.template") if g.template else None
     prompts, fingerprint = read_prompts(g.input, g.prompt_column)
+    if g.skip:
+        prompts = prompts.select(range(min(g.skip, len(prompts)), len(prompts)))
     if g.limit is not None and g.limit < len(prompts):
         prompts = prompts.select(range(g.limit))
     starts = range(0, len(prompts), g.shard_size)
