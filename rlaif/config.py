@@ -455,8 +455,9 @@ class LoopConfig(StrictModel):
                           "evaluated beside the policy.")
     control_train: dict[str, Any] = Field(default_factory=dict, description="train fields changed for the control "
                                           "(e.g. {learning_rate: 1e-4}).")
-    report_judge_accuracy: bool = Field(True, description="Evaluate the judge model as a policy too, so the report "
-                                        "shows when the policy catches up with its judge.")
+    report_judge_accuracy: bool = Field(True, description="Evaluate the judge model as a policy too (a generative "
+                                        "judge, not a reward model), so the report shows when the policy catches up "
+                                        "with its judge.")
     train_reward_model: bool = Field(False, description="Also train a reward model on each iteration's preference "
                                      "export before the policy.")
     stop_on_judge_flags: bool = Field(True, description="Stop before export and training when the iteration's "

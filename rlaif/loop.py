@@ -93,7 +93,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
         state.judge_quality = previous.get("judge_quality", {})
     if cfg.evaluate.checker and not state.baseline:
         state.baseline = policy_accuracy(cfg, cfg.generate.model, "generate.model")
-    if cfg.evaluate.checker and L.report_judge_accuracy and not state.judge_quality and cfg.judge.model:
+    generative_judge = cfg.judge.model and cfg.judge.kind != "reward-model"  # a reward model cannot answer prompts
+    if cfg.evaluate.checker and L.report_judge_accuracy and not state.judge_quality and generative_judge:
         same = cfg.judge.model == cfg.generate.model  # a policy judging itself: its rate as a policy is the baseline
         state.judge_quality = state.baseline if same else policy_accuracy(cfg, cfg.judge.model, "judge.model")
     best_value = _metric(state.baseline, L.metric)

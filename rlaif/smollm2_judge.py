@@ -23,7 +23,7 @@ from rlaif import sources
 from rlaif.config import PipelineConfig, load_config
 from rlaif.errors import ConfigError
 from rlaif.progress import console
-from rlaif.runs import dump_json
+from rlaif.runs import dump_json, iteration_dir
 from rlaif.templates import PROMPTS_DIR
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def build_dir(cfg: PipelineConfig) -> Path:
 
 
 def model_dir(run: Path) -> Path:
-    return run / "iter-0" / "reward_model"
+    return iteration_dir(run, 0) / "reward_model"
 
 
 def resolve(name: str) -> str:

@@ -40,6 +40,7 @@ def test_a_tiny_build_trains_a_reward_model_that_scores_answers(smollm2_path):
         built = smollm2_judge.build(TINY, progress=False)
         assert built["train_pairs"] > 0 and built["skipped_prompts"] == 256 and built["prompts_used"] == 12
         assert json.loads((run / smollm2_judge.BUILT).read_text()) == built
+        assert built["model"] == str(smollm2_judge.model_dir(run)) and (run / "iter-000" / "reward_model").is_dir()
         assert read_manifest(stage_dir(run, "judge")).config["kind"] == "verifier"  # labelled by the verifiers
         # a build killed after training resumes without redoing a stage
         (run / smollm2_judge.BUILT).unlink()
