@@ -25,7 +25,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from rlaif import sources
+from rlaif import smollm2_judge, sources
 from rlaif.errors import ConfigError
 from rlaif.progress import StageProgress, console
 
@@ -41,16 +41,12 @@ METADATA = "smollm2.json"
 
 
 def known_names() -> list[str]:
-    from rlaif import smollm2_judge
-
     return [f"smollm2:{k}" for k in MODELS] + [f"smollm2:{smollm2_judge.NAME}"]
 
 
 def resolve(name: str) -> str:
     """`smollm2:135m-instruct` -> the converted checkpoint's directory (converted on first use);
     `smollm2:135m-ifeval-rm` -> the judge fine-tuned from it (`rlaif.smollm2_judge`, built by a command)."""
-    from rlaif import smollm2_judge
-
     key = name.split(":", 1)[1]
     if key == smollm2_judge.NAME:
         return smollm2_judge.resolve(name)

@@ -24,6 +24,10 @@ from rlaif.config import PipelineConfig, load_config
 from rlaif.errors import ConfigError
 from rlaif.progress import console
 from rlaif.runs import dump_json, iteration_dir
+from rlaif.stages.export import run_export
+from rlaif.stages.filter import run_filter
+from rlaif.stages.generate import run_generate
+from rlaif.stages.judge import run_judge
 from rlaif.templates import PROMPTS_DIR
 
 log = logging.getLogger(__name__)
@@ -60,11 +64,7 @@ def resolve(name: str) -> str:
 def build(sets: list[str] | None = None, *, progress: bool = True) -> dict:
     """Run the recipe's stages into its build directory (resuming what a killed build finished), then record
     the build; returns that record. A finished build is returned as it is."""
-    from rlaif.stages.export import run_export
-    from rlaif.stages.filter import run_filter
-    from rlaif.stages.generate import run_generate
-    from rlaif.stages.judge import run_judge
-    from rlaif.stages.train import run_train
+    from rlaif.stages.train import run_train  # torch and TRL
 
     cfg = recipe(sets)
     run = build_dir(cfg)

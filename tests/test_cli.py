@@ -23,7 +23,8 @@ OWN = {
     "export": {"--reviewed-only", "--min-agreement", "--config", "--set", "--iteration", "--quiet"},
     "judge": {"--config", "--set", "--iteration", "--overwrite", "--quiet"},
     "judge-eval": {"--pairs", "--checker", "--write-pairs", "--fit-calibration", "--out", "--max-pairs", "--injection",
-                   "--attacks", "--config", "--set", "--iteration"},
+                   "--attacks", "--min-margin", "--attack-pairs", "--held-out-categories", "--config", "--set",
+                   "--iteration"},
     "train": {"--lora", "--config", "--set", "--iteration", "--overwrite", "--quiet"},
     "evaluate": {"--config", "--set", "--iteration", "--quiet"},
     "run": {"--out", "--set", "--quiet"},
@@ -35,6 +36,8 @@ OWN = {
               "--config", "--set"},
     "toy build": {"--force"},
     "toy path": set(),
+    "smollm2 build-judge": {"--set", "--quiet"},
+    "smollm2 path": set(),
 }
 
 

@@ -26,7 +26,7 @@ from rlaif.judges.pair_sets import checked_pairs, load_pairs
 from rlaif.judges.prompting import FIXED_TAG
 from rlaif.judges.quality import expected_calibration_error  # noqa: F401  (re-exported)
 from rlaif.report.figures import fmt
-from rlaif.report.judge_eval import write
+from rlaif.report.judge_eval import attack_rows, defence_rows, write  # noqa: F401  (re-exported)
 from rlaif.runs import atomic_write_bytes, load_table, stage_dir
 from rlaif.stats import wilson  # noqa: F401  (re-exported)
 from rlaif.templates import PROMPTS_DIR
@@ -174,28 +174,6 @@ def injection_suite(judge, pairs: list[dict], attacks: list[dict]) -> dict:
         rows += [{"attack": name, "delimiters": mode, **quality.attack_success(outs)} for name, outs in judged.items()]
     return {"attacks": len(attacks), "pairs": len(pairs), "attacked_pairs": len(pairs) * len(attacks),
             "rows": rows}
-
-
-ATTACK_COLUMNS = {"attack": "attack", "delimiters": "delimiters", "judged": "judged", "slot1_only": "slot 1 only",
-                  "slot2_only": "slot 2 only", "both_orders": "both orders", "both_orders_filtered":
-                  "both orders + filter", "kept": "kept by filter"}
-
-
-def defence_rows(figures: dict) -> list[dict]:
-    """The terminal's defences table: precision (95% interval) of the kept pairs, "n/a (0 kept)" when none is."""
-    out = []
-    for row in figures.get("defences") or []:
-        ci = row["precision_ci95"]
-        precision = "n/a (0 kept)" if not row["kept"] else f"{row['precision']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
-        out.append({"defence": row["defence"], "kept": f"{row['kept']} of {row['judged']}",
-                    "share kept": fmt(row["kept_share"]), "precision of kept": precision})
-    return out
-
-
-def attack_rows(result: dict) -> list[dict]:
-    """The terminal's attack table: one row per attack and delimiter mode, columns named for people."""
-    return [{title: "n/a" if row[key] is None else row[key] for key, title in ATTACK_COLUMNS.items()}
-            for row in result["rows"]]
 
 
 def labelled_pairs(run: Path | None, iteration: int, pairs_file: Path | None, checker: str | None,
