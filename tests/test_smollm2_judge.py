@@ -44,9 +44,10 @@ def test_a_tiny_build_trains_a_reward_model_that_scores_answers(smollm2_path):
         assert read_manifest(stage_dir(run, "judge")).config["kind"] == "verifier"  # labelled by the verifiers
         # a build killed after training resumes without redoing a stage
         (run / smollm2_judge.BUILT).unlink()
+        finished = {stage: (stage_dir(run, stage) / "manifest.json").read_text() for stage in ("generate", "judge")}
         again = smollm2_judge.build(TINY, progress=False)
         assert again["train_pairs"] == built["train_pairs"]
-        assert again["seconds_by_stage"]["generate"] < built["seconds_by_stage"]["generate"] / 4
+        assert finished == {stage: (stage_dir(run, stage) / "manifest.json").read_text() for stage in finished}
         judge = RewardModelJudge(built["model"], dtype="float32")
         prompt = [{"role": "user", "content": "Write one sentence about the sea in all lowercase letters."}]
         scores = judge.score([CandidateItem(prompt, "the sea is calm today.", {}),
