@@ -18,7 +18,7 @@ import typer
 from rich.logging import RichHandler
 from rich.table import Table
 
-from rlaif import smollm2, smollm2_judge, toy
+from rlaif import toy
 from rlaif.cli_options import StageOptions, stage_options
 from rlaif.config import PipelineConfig, load_config
 from rlaif.engines import ledger as calls
@@ -411,6 +411,8 @@ def smollm2_build_judge(
 ):
     """Build smollm2:135m-ifeval-rm into $RLAIF_CACHE/smollm2/: a reward model trained from
     smollm2:135m-instruct on verifier-labelled pairs of its own answers (resumable; reused once built)."""
+    from rlaif import smollm2_judge  # the stages and datasets: not for every command's start-up
+
     built = smollm2_judge.build(sets, progress=not quiet)
     shown = {k: v for k, v in built.items() if k not in ("export", "overrides", "seconds_by_stage")}
     shown.update({f"seconds: {stage}": s for stage, s in built["seconds_by_stage"].items()})
@@ -420,6 +422,8 @@ def smollm2_build_judge(
 @smollm2_app.command("path")
 def smollm2_path(name: str = typer.Argument(..., help="135m-instruct | 135m-ifeval-rm")):
     """Print the local path of a SmolLM2 model (converting the packaged file first if needed)."""
+    from rlaif import smollm2
+
     typer.echo(smollm2.resolve(f"smollm2:{name}"))
 
 
