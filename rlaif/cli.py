@@ -362,6 +362,23 @@ def report(run: Path = typer.Argument(..., help="Run directory (runs/NAME).")):
 
 
 @app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Run directories (runs/NAME), one per arm."),
+            out: Path = typer.Option(..., "--out", "-o", help="Where compare.html, compare.json and accuracy.svg go.")):
+    """Compare the arms of a study on the same held-out prompts: each run's policy (and its control) per
+    iteration, pairs kept, judge agreement and wall time, and exact McNemar tests between arms; write
+    OUT/compare.html, OUT/compare.json and OUT/accuracy.svg."""
+    from rlaif.report.compare import HEADERS, PAIRED_HEADERS, write_comparison
+
+    figures = write_comparison(runs, out)
+    console.print(columns_table("arms", [dict(zip(HEADERS, ["–" if c is None else c for c in row]))
+                                         for row in figures["arms"]]))
+    console.print(columns_table("paired tests (exact McNemar, same prompts)", [
+        dict(zip(PAIRED_HEADERS, [t["policy"], t["arm"], t["vs"], f"{t['difference']:+.3f}", t["a_only"], t["b_only"],
+                                  f"{t['p_value']:.4f}"])) for t in figures["paired"]]))
+    typer.echo(f"report: {figures['files']['report']}", err=True)
+
+
+@app.command()
 def verify(run: Path = typer.Argument(..., help="Run directory (runs/NAME) to check.")):
     """Check every manifest, shard, review store and export of RUN against what was written (sizes, sha256,
     row counts, SQLite integrity). Exit 0 when all is intact, 1 when something is damaged, 2 on a usage error."""

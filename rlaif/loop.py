@@ -40,6 +40,7 @@ class LoopState:
     started_at: str = field(default_factory=now)
     status: str = "running"  # running | complete | stopped | waiting-for-review
     stop_reason: str | None = None
+    finished_at: str | None = None  # when the loop last ended (complete or stopped); resumes move it on
     baseline: dict = field(default_factory=dict)
     judge_quality: dict = field(default_factory=dict)
     iterations: list[dict] = field(default_factory=list)
@@ -155,6 +156,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     else:
         state.status = "complete"
     state.final_model = state.best_policy
+    if state.status != "waiting-for-review":
+        state.finished_at = now()
     state.save(run)
 
     write_report(run)

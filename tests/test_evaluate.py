@@ -10,7 +10,8 @@ import pytest
 from conftest import run_cli
 from rlaif import toy
 from rlaif.config import load_config
-from rlaif.stages.evaluate import proportion, wilson, win_rate
+from rlaif.stages.evaluate import accuracy, proportion, wilson, win_rate
+from rlaif.stats import paired_test
 from test_train import FAST, write_exports
 
 # the toy task's held-out prompts, checker and judge (the library names no toy defaults)
@@ -23,6 +24,33 @@ def test_wilson_interval_known_values():
     lo, hi = wilson(0, 10)
     assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)  # never a zero-width interval at 0
     assert proportion(81, 100)["ci95"] == pytest.approx([0.7222, 0.8749], abs=1e-4)
+
+
+def test_paired_test_counts_only_the_discordant_prompts():
+    a = [1] * 10 + [0] * 30 + [1] * 60
+    b = [0] * 10 + [0] * 30 + [1] * 60
+    t = paired_test(a, b)
+    assert (t["a_only"], t["b_only"], t["n"]) == (10, 0, 100) and t["difference"] == pytest.approx(0.1)
+    assert t["p_value"] == pytest.approx(2 * 0.5 ** 10)  # all 10 discordant prompts favour a
+    assert paired_test(b, a)["difference"] == pytest.approx(-0.1)
+    assert paired_test(a, a)["p_value"] == 1.0 and paired_test(a, a)["a_only"] == 0
+    # 6 vs 4 discordant: no evidence of a difference
+    assert paired_test([1] * 6 + [0] * 4, [0] * 6 + [1] * 4)["p_value"] == pytest.approx(0.7539, abs=1e-4)
+    with pytest.raises(ValueError, match="same prompts"):
+        paired_test([1, 0], [1])
+    with pytest.raises(ValueError, match="0 or 1"):
+        paired_test([2, 0], [1, 0])
+
+
+def test_accuracy_keeps_the_outcome_of_every_prompt_and_which_prompts():
+    rows = toy.prompt_rows("test")[:3]
+    prompts = datasets.Dataset.from_list(rows)
+    sols = [r["solution"] for r in rows]
+    out = accuracy(toy.check, prompts, [[sols[0], "x"], ["x"], [sols[2]]], "solution")
+    assert out["passed_per_prompt"] == [1, 0, 1] and out["n"] == 4
+    other = accuracy(toy.check, datasets.Dataset.from_list(toy.prompt_rows("test")[1:4]), [["x"]] * 3, "solution")
+    assert other["prompts_digest"] != out["prompts_digest"]
+    assert accuracy(toy.check, prompts, [["x"]] * 3, "solution")["prompts_digest"] == out["prompts_digest"]
 
 
 def test_win_rate_counts_ties_and_uses_the_judge():

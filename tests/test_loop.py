@@ -243,3 +243,55 @@ def test_report_in_a_real_browser(demo_run):
         page.screenshot(path=str(artifacts / "report.png"), full_page=True)
         browser.close()
     assert (artifacts / "report.png").stat().st_size > 10_000
+
+
+def test_report_tests_the_policy_against_its_control_on_the_same_prompts(demo_run):
+    from rlaif.report.figures import paired
+    from rlaif.stats import paired_test
+
+    run, result = demo_run
+    state = _state(run)
+    assert state["finished_at"] >= state["started_at"]
+    for it in state["iterations"]:
+        policy, control = it["metrics"]["greedy_accuracy"], it["control"]["greedy_accuracy"]
+        assert len(policy["passed_per_prompt"]) == 20 and sum(policy["passed_per_prompt"]) == round(policy["value"] * 20)
+        assert policy["prompts_digest"] == control["prompts_digest"] == state["baseline"]["greedy_accuracy"]["prompts_digest"]
+        test = paired(it["metrics"], it["control"])
+        assert test == paired_test(policy["passed_per_prompt"], control["passed_per_prompt"])
+        assert test["difference"] == pytest.approx(policy["value"] - control["value"])
+        assert f"({test['a_only']} vs {test['b_only']} prompts, p={test['p_value']:.3f})" in (run / "report.html").read_text()
+
+
+def test_compare_puts_the_arms_side_by_side_with_paired_tests(demo_run, tmp_path):
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    run, _ = demo_run
+    twin = tmp_path / "twin"
+    shutil.copytree(run, twin)  # the same run under another name: every paired difference is exactly 0
+    out = tmp_path / "compare"
+    result = run_cli("compare", run, twin, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    figures = json.loads((out / "compare.json").read_text())
+    arms = [row[0] for row in figures["arms"]]
+    assert list(dict.fromkeys(arms)) == ["demo", "demo control", "twin", "twin control"]
+    assert arms.count("demo") == 3  # the start and two iterations
+    state = _state(run)
+    demo_rows = [row for row in figures["arms"] if row[0] == "demo"]
+    assert demo_rows[2][6] == state["iterations"][1]["stages"]["filter"]["summary"]["pairs"]
+    twins = [t for t in figures["paired"] if t["arm"] == "demo" and t["vs"] == "twin"]
+    assert [t["policy"] for t in twins] == ["start", "iter 0", "iter 1"]
+    assert all(t["a_only"] == t["b_only"] == 0 and t["p_value"] == 1.0 for t in twins)
+    vs_control = next(t for t in figures["paired"] if t["policy"] == "iter 1" and t["arm"] == "demo"
+                      and t["vs"] == "demo control")
+    policy, control = state["iterations"][1]["metrics"], state["iterations"][1]["control"]
+    assert vs_control["difference"] == pytest.approx(policy["greedy_accuracy"]["value"] - control["greedy_accuracy"]["value"])
+    assert any(t["policy"] == "iter 1 vs start" and t["arm"] == "demo" for t in figures["paired"])
+    assert ET.parse(out / "accuracy.svg").getroot().tag.endswith("svg")
+    assert "Paired tests" in (out / "compare.html").read_text() and "paired tests" in result.stderr
+
+
+def test_compare_of_a_directory_without_a_run_is_a_one_line_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_cli("compare", tmp_path / "empty", "--out", tmp_path / "out")
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "no loop.json" in result.stderr

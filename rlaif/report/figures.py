@@ -76,6 +76,27 @@ def anchor_agreement(it: dict) -> str:
     return "–" if value is None else f"{value:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{value:.3f}"
 
 
+def paired(a: dict | None, b: dict | None, key: str = "greedy_accuracy") -> dict | None:
+    """The exact McNemar test of two policies' `key` outcomes (`rlaif.stats.paired_test`), or None when either
+    lacks per-prompt outcomes, they were measured on different prompts, or they are not one answer per prompt."""
+    from rlaif.stats import paired_test
+
+    x, y = (a or {}).get(key), (b or {}).get(key)
+    if not (isinstance(x, dict) and isinstance(y, dict) and "passed_per_prompt" in x and "passed_per_prompt" in y):
+        return None
+    if x.get("prompts_digest") != y.get("prompts_digest") or max(x["passed_per_prompt"] + y["passed_per_prompt"],
+                                                                   default=0) > 1:
+        return None
+    return paired_test(x["passed_per_prompt"], y["passed_per_prompt"])
+
+
+def fmt_paired(test: dict | None) -> str:
+    """`+0.085 (17 vs 0 prompts, p=.000)`: the difference in pass rate, the discordant prompts each way, p."""
+    if test is None:
+        return "–"
+    return f"{test['difference']:+.3f} ({test['a_only']} vs {test['b_only']} prompts, p={test['p_value']:.3f})"
+
+
 @dataclass(frozen=True)
 class Column:
     header: str
@@ -106,6 +127,8 @@ COLUMNS = [
     Column("sampled acc. [95% CI]", lambda it: with_ci(it.get("metrics"), "sampled_accuracy"), True,
            lambda base: with_ci(base, "sampled_accuracy")),
     Column("control greedy acc.", lambda it: with_ci(it.get("control"), "greedy_accuracy"), True),
+    Column("policy - control, paired", lambda it: fmt_paired(paired(it.get("metrics"), it.get("control"))), True,
+           optional=True),
     Column("time per stage", lambda it: ", ".join(f"{k} {v:.0f}s" for k, v in stage_seconds(it).items())),
 ]
 

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
 from pathlib import Path
 
@@ -87,6 +89,10 @@ def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution
     and, with `held_out` categories, `by_split`: the categories training never showed apart from the others."""
     ok = passed(checker, prompts, outs, solution_column)
     result = proportion(sum(map(sum, ok)), sum(map(len, ok)))
+    # answers passed per prompt, in prompt order, and which prompts: two policies' rates on the same prompts
+    # can then be compared by a paired test (`rlaif compare`), far more sharply than by their intervals
+    result["passed_per_prompt"] = [int(sum(row)) for row in ok]
+    result["prompts_digest"] = prompts_digest(prompts)
     if "category" in prompts.column_names:
         groups: dict[str, list[bool]] = {}
         for category, row in zip(prompts["category"], ok):
@@ -97,6 +103,12 @@ def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution
                      "seen categories": [x for c, g in groups.items() if c not in held_out for x in g]}
             result["by_split"] = {name: proportion(sum(g), len(g)) for name, g in split.items()}
     return result
+
+
+def prompts_digest(prompts: datasets.Dataset) -> str:
+    """A short hash of the prompts' ids (else their messages), in order: equal digests mean the same prompts."""
+    column = prompts["id"] if "id" in prompts.column_names else prompts["messages"]
+    return hashlib.sha256(json.dumps(list(column), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
