@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rlaif.config import PipelineConfig, load_config
 from rlaif.diagnosis import explain_gate_stop, explain_judge_stop
+from rlaif.engines import resolve_model
 from rlaif.errors import RunError
 from rlaif.judges.anchor import anchor_quality, judge_flags
 from rlaif.judges.pair_sets import load_pairs
@@ -82,6 +83,8 @@ def run_loop(cfg: PipelineConfig, run: str | Path, *, progress: bool = True) -> 
     from rlaif.stages.train import run_train
 
     run = Path(run)
+    if cfg.judge.model:  # a judge that must be built first (smollm2:135m-ifeval-rm) says so before any stage runs
+        resolve_model(cfg.judge.model, "judge.model")
     run.mkdir(parents=True, exist_ok=True)
     L = cfg.loop
     if L.anchor_pairs:

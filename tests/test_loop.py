@@ -295,3 +295,12 @@ def test_compare_of_a_directory_without_a_run_is_a_one_line_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli("compare", tmp_path / "empty", "--out", tmp_path / "out")
     assert result.returncode == 2 and "Traceback" not in result.stderr and "no loop.json" in result.stderr
+
+
+def test_a_judge_that_is_not_built_stops_the_loop_before_any_stage(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("run", PIPELINES / "demo.yaml", "--out", run, "--set", "judge.kind=reward-model",
+                     "--set", "judge.model=smollm2:135m-ifeval-rm", env={**os.environ, "RLAIF_CACHE": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "'judge.model'" in result.stderr and "rlaif smollm2 build-judge" in result.stderr
+    assert not list(run.glob("iter-*")) and not (run / "loop.json").exists()
