@@ -1,7 +1,7 @@
 """`pipelines/smollm2-ifeval.yaml` end to end on SmolLM2-135M-Instruct, at a tiny size (one iteration).
 
-The shipped file (arm A: the prompted pairwise judge) runs through `rlaif run` with the transformers
-engine (vLLM's start-up would dominate at this size) and only sizes overridden; the test checks the
+The shipped file runs through `rlaif run` with the transformers engine (vLLM's start-up would dominate
+at this size), its prompted judge in place of the fine-tuned one (a 22-minute build), and sizes overridden; the test checks the
 parts that could go wrong: the merged LoRA policy, the simulated review answered by the verifiers, and
 the held-out evaluation per constraint type, with the unseen types apart, in loop.json and the report.
 The first three tests check those pieces on their own, without a model.
@@ -25,7 +25,11 @@ from rlaif.tasks.ifeval import HELD_OUT_TYPES, rows
 
 PIPELINE = Path(__file__).parent.parent / "pipelines" / "smollm2-ifeval.yaml"
 HELD_OUT_PROMPTS = 12  # the first 12 test rows hold 12 categories, the three unseen types among them
-TINY = ["generate.engine=transformers", "judge.engine=transformers", "evaluate.engine=transformers",
+# The file's judge (smollm2:135m-ifeval-rm) takes 22 minutes to build, so the smoke test judges with the
+# prompted base model (its other judge, `judge.kind=pairwise`), whose plumbing has more parts: both orders,
+# verdict tokens, the judge gate.
+PROMPTED_JUDGE = ["judge.kind=pairwise", "judge.model=smollm2:135m-instruct"]
+TINY = [*PROMPTED_JUDGE, "generate.engine=transformers", "judge.engine=transformers", "evaluate.engine=transformers",
         "generate.limit=3", "generate.n=2", "generate.max_new_tokens=8",
         "filter.drop_truncated=false", "filter.drop_inconsistent=false", "filter.min_margin=null",
         "filter.tie_band=0", "judge.tie_band=0",
@@ -34,6 +38,22 @@ TINY = ["generate.engine=transformers", "judge.engine=transformers", "evaluate.e
         "loop.stop_on_judge_flags=false",
         "train.max_steps=2", "train.batch_size=2", "train.max_length=128",
         f"evaluate.limit={HELD_OUT_PROMPTS}", "evaluate.max_new_tokens=8", "loop.iterations=1"]
+
+
+def test_the_files_default_judge_is_the_fine_tuned_one_and_each_arm_is_one_override():
+    from rlaif.config import load_config
+
+    arm_a = load_config(PIPELINE)
+    assert (arm_a.judge.kind, arm_a.judge.model) == ("reward-model", "smollm2:135m-ifeval-rm")
+    assert not arm_a.loop.control
+    arm_b = load_config(PIPELINE, ["judge.kind=verifier", "judge.verifier=rlaif.tasks:verify", "judge.model=null"])
+    assert arm_b.judge.kind == "verifier" and arm_b.judge.model is None
+    assert arm_b.evaluate == arm_a.evaluate and arm_b.generate == arm_a.generate  # the same data and held-out prompts
+    arm_c = load_config(PIPELINE, ["loop.control=true"])
+    assert arm_c.loop.control and arm_c.loop.control_train == {"learning_rate": arm_a.train.learning_rate,
+                                                                 "epochs": arm_a.train.epochs}
+    prompted = load_config(PIPELINE, PROMPTED_JUDGE)
+    assert (prompted.judge.mode, prompted.judge.schedule, prompted.judge.engine) == ("logprobs", "pivot", "vllm")
 
 
 ANSWERS = ["the sea is calm.", "THE SEA IS CALM.", "Indeed, it rains. P.S. bring a coat", "<<Snow>> It falls."]
