@@ -286,7 +286,8 @@ def test_compare_puts_the_arms_side_by_side_with_paired_tests(demo_run, tmp_path
                       and t["vs"] == "demo control")
     policy, control = state["iterations"][1]["metrics"], state["iterations"][1]["control"]
     assert vs_control["difference"] == pytest.approx(policy["greedy_accuracy"]["value"] - control["greedy_accuracy"]["value"])
-    assert any(t["policy"] == "iter 1 vs start" and t["arm"] == "demo" for t in figures["paired"])
+    assert [t["policy"] for t in figures["paired"] if t["arm"] == "demo" and t["vs"] == "demo start"] == [
+        "iter 0 vs start", "iter 1 vs start"]
     assert ET.parse(out / "accuracy.svg").getroot().tag.endswith("svg")
     assert "Paired tests" in (out / "compare.html").read_text() and "paired tests" in result.stderr
 

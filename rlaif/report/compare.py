@@ -3,7 +3,8 @@
 Each run is an arm (its policy after each iteration, from its own start), and a run with
 `loop.control: true` adds its control as a second arm. One table gives every arm's held-out rate per
 iteration with pairs kept, the judge's agreement with the reviewers on the kept pairs and wall time;
-a second gives exact McNemar tests between arms at each iteration, paired on the same prompts, which
+a second gives exact McNemar tests between arms at each iteration (and of each policy against its
+start), paired on the same prompts, which
 detect differences far smaller than non-overlapping intervals do. Written to OUT/compare.html (with
 the plot inline), OUT/accuracy.svg (the plot alone, for docs) and OUT/compare.json.
 """
@@ -87,8 +88,8 @@ def arm_rows(arms: list[Arm]) -> list[list]:
 
 def paired_rows(arms: list[Arm]) -> list[dict]:
     """Every pair of arms at every point both reached (the starts of two runs too: the same model should show
-    no difference), where both have per-prompt outcomes on the same prompts; then each arm's last policy
-    against its start."""
+    no difference), where both have per-prompt outcomes on the same prompts; then each arm's policy after
+    each iteration against its start."""
     rows = []
     labels = list(dict.fromkeys(label for arm in arms for label, _ in arm.points))
     for label in labels:
@@ -99,10 +100,11 @@ def paired_rows(arms: list[Arm]) -> list[dict]:
             test = paired(ma, mb)
             if test is not None:
                 rows.append({"policy": label, "arm": a.name, "vs": b.name, **test})
-    for arm in arms:  # each arm's last policy against its own start
-        test = paired(arm.points[-1][1], arm.points[0][1])
-        if test is not None and len(arm.points) > 1:
-            rows.append({"policy": f"{arm.points[-1][0]} vs start", "arm": arm.name, "vs": f"{arm.name} start", **test})
+    for arm in arms:  # each arm's policies against its own start
+        for label, metrics in arm.points[1:]:
+            test = paired(metrics, arm.points[0][1])
+            if test is not None:
+                rows.append({"policy": f"{label} vs start", "arm": arm.name, "vs": f"{arm.name} start", **test})
     return rows
 
 
