@@ -30,6 +30,7 @@ OWN = {
     "run": {"--out", "--set", "--quiet"},
     "demo": {"--name", "--set", "--quiet"},
     "report": set(),
+    "compare": {"--out"},
     "verify": set(),
     "ledger": {"--explain"},
     "serve": {"--against", "--host", "--port", "--max-batch-size", "--max-wait-ms", "--label-column", "--log",
