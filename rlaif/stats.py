@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from scipy.stats import binomtest
+
 
 def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval of a proportion k/n (sound near 0 and 1, unlike the normal one).
@@ -24,8 +26,6 @@ def paired_test(a: list[int], b: list[int]) -> dict:
     Only the discordant prompts carry information: under "no difference" each is equally likely to favour
     either side, so the two-sided p-value is a binomial test of `a_only` out of `a_only + b_only` at .5.
     """
-    from scipy.stats import binomtest
-
     if len(a) != len(b):
         raise ValueError(f"paired test: {len(a)} outcomes against {len(b)}; both must be on the same prompts")
     if any(x not in (0, 1) for x in (*a, *b)):

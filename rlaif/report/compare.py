@@ -4,8 +4,8 @@ Each run is an arm (its policy after each iteration, from its own start), and a 
 `loop.control: true` adds its control as a second arm. One table gives every arm's held-out rate per
 iteration with pairs kept, the judge's agreement with the reviewers on the kept pairs and wall time;
 a second gives exact McNemar tests between arms at each iteration (and of each policy against its
-start), paired on the same prompts, which
-detect differences far smaller than non-overlapping intervals do. Written to OUT/compare.html (with
+start), paired on the same prompts, which detect differences far smaller than non-overlapping
+intervals do. Written to OUT/compare.html (with
 the plot inline), OUT/accuracy.svg (the plot alone, for docs) and OUT/compare.json.
 """
 
@@ -20,6 +20,7 @@ import jinja2
 
 from rlaif.errors import RunError
 from rlaif.report.figures import agreement, ci_of, paired, summary_of, value_of, with_ci
+from rlaif.report.plots import pyplot, to_svg
 from rlaif.runs import atomic_write_bytes, check_finished, dump_json
 
 KEY = "greedy_accuracy"
@@ -34,7 +35,6 @@ class Arm:
     """One arm: its evaluation after each point (the start, then each iteration) and its run's figures."""
 
     name: str
-    run: Path
     points: list[tuple[str, dict]] = field(default_factory=list)  # (label, evaluate metrics)
     pairs_kept: dict[str, object] = field(default_factory=dict)
     agreement: dict[str, str] = field(default_factory=dict)
@@ -51,7 +51,7 @@ def arms_of(runs: list[Path]) -> list[Arm]:
         its = [it for it in state["iterations"] if it.get("metrics")]
         if not its:
             raise RunError(f"{run}: no evaluated iteration in {run / 'loop.json'}; nothing to compare")
-        policy = Arm(run.name, run, [("start", state.get("baseline") or {})], wall=_wall(state))
+        policy = Arm(run.name, [("start", state.get("baseline") or {})], wall=_wall(state))
         for it in its:
             label = f"iter {it['iteration']}"
             policy.points.append((label, it["metrics"]))
@@ -59,7 +59,7 @@ def arms_of(runs: list[Path]) -> list[Arm]:
             policy.agreement[label] = agreement(it)
         arms.append(policy)
         if any(it.get("control") for it in its):
-            control = Arm(f"{run.name} control", run, [("start", state.get("baseline") or {})], wall=policy.wall)
+            control = Arm(f"{run.name} control", [("start", state.get("baseline") or {})], wall=policy.wall)
             control.points += [(f"iter {it['iteration']}", it.get("control") or {}) for it in its]
             control.pairs_kept = dict(policy.pairs_kept)  # the control trains on the policy's chosen answers
             arms.append(control)
@@ -110,11 +110,9 @@ def paired_rows(arms: list[Arm]) -> list[dict]:
 
 def accuracy_svg(arms: list[Arm]) -> str | None:
     """Greedy held-out rate with 95% intervals, per arm, after each iteration (0 = the start)."""
-    from rlaif.report.plots import _pyplot, _svg
-
     if not any(value_of(m, KEY) is not None for arm in arms for _, m in arm.points):
         return None
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.8))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.8))
     width = 0.08
     for i, arm in enumerate(arms):
         offset = (i - (len(arms) - 1) / 2) * width
@@ -130,7 +128,7 @@ def accuracy_svg(arms: list[Arm]) -> str | None:
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    return _svg(fig)
+    return to_svg(fig)
 
 
 def write_comparison(runs: list[Path], out: Path) -> dict:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from rlaif.stats import paired_test
+
 # `rlaif run` exits with these when the loop did not complete (2 is a user error, as for every command).
 EXIT_WAITING_FOR_REVIEW = 3
 EXIT_GATE_FAILED = 4
@@ -79,8 +81,6 @@ def anchor_agreement(it: dict) -> str:
 def paired(a: dict | None, b: dict | None, key: str = "greedy_accuracy") -> dict | None:
     """The exact McNemar test of two policies' `key` outcomes (`rlaif.stats.paired_test`), or None when either
     lacks per-prompt outcomes, they were measured on different prompts, or they are not one answer per prompt."""
-    from rlaif.stats import paired_test
-
     x, y = (a or {}).get(key), (b or {}).get(key)
     if not (isinstance(x, dict) and isinstance(y, dict) and "passed_per_prompt" in x and "passed_per_prompt" in y):
         return None

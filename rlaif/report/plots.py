@@ -7,7 +7,7 @@ import io
 from rlaif.report.figures import ci_of, drops, summary_of, value_of
 
 
-def _pyplot():
+def pyplot():
     import matplotlib  # heavy: imported only when a report is drawn
 
     matplotlib.use("Agg")
@@ -16,10 +16,10 @@ def _pyplot():
     return plt
 
 
-def _svg(fig) -> str:
+def to_svg(fig) -> str:
     buf = io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
@@ -31,7 +31,7 @@ def accuracy_plot(state: dict) -> str | None:
     if not its or value_of(base, "greedy_accuracy") is None and not any(
             value_of(it["metrics"], "greedy_accuracy") is not None for it in its):
         return None
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.6))
     xs = [0] + [it["iteration"] + 1 for it in its]
     for key, label, style in (("greedy_accuracy", "policy, greedy", "o-"), ("sampled_accuracy", "policy, sampled", "s--")):
         ys = [value_of(base, key)] + [value_of(it["metrics"], key) for it in its]
@@ -53,7 +53,7 @@ def accuracy_plot(state: dict) -> str | None:
     ax.set_xticks(xs)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
-    return _svg(fig)
+    return to_svg(fig)
 
 
 def drops_plot(state: dict) -> str | None:
@@ -63,7 +63,7 @@ def drops_plot(state: dict) -> str | None:
     if not rows:
         return None
     reasons = sorted({r for _, _, d in rows for r in d})
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.2))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.2))
     xs = [r[0] for r in rows]
     ax.bar(xs, [r[1] for r in rows], label="pairs kept", color="#4a8")
     bottom = [r[1] for r in rows]
@@ -75,7 +75,7 @@ def drops_plot(state: dict) -> str | None:
     ax.set_ylabel("rows")
     ax.set_xticks(xs)
     ax.legend(fontsize=7)
-    return _svg(fig)
+    return to_svg(fig)
 
 
 def reliability_plot(bins: list[dict], title: str = "") -> str | None:
@@ -83,7 +83,7 @@ def reliability_plot(bins: list[dict], title: str = "") -> str | None:
     perfect calibration), the bars' widths the bins, the counts printed over them."""
     if not bins:
         return None
-    fig, ax = _pyplot().subplots(figsize=(4.4, 4.0))
+    fig, ax = pyplot().subplots(figsize=(4.4, 4.0))
     ax.bar([b["low"] for b in bins], [b["observed"] for b in bins], width=[b["high"] - b["low"] for b in bins],
            align="edge", alpha=0.6, edgecolor="#333", label="observed")
     ax.plot([b["mean_p"] for b in bins], [b["observed"] for b in bins], "o", color="#c33", label="bin mean")
@@ -97,4 +97,4 @@ def reliability_plot(bins: list[dict], title: str = "") -> str | None:
     ax.set_ylabel("share of those answers that are the better one")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    return _svg(fig)
+    return to_svg(fig)
