@@ -367,14 +367,13 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run directories (runs/N
     """Compare the arms of a study on the same held-out prompts: each run's policy (and its control) per
     iteration, pairs kept, judge agreement and wall time, and exact McNemar tests between arms; write
     OUT/compare.html, OUT/compare.json and OUT/accuracy.svg."""
-    from rlaif.report.compare import HEADERS, PAIRED_HEADERS, write_comparison
+    from rlaif.report.compare import HEADERS, PAIRED_HEADERS, paired_cells, write_comparison
 
     figures = write_comparison(runs, out)
     console.print(columns_table("arms", [dict(zip(HEADERS, ["–" if c is None else c for c in row]))
                                          for row in figures["arms"]]))
-    console.print(columns_table("paired tests (exact McNemar, same prompts)", [
-        dict(zip(PAIRED_HEADERS, [t["policy"], t["arm"], t["vs"], f"{t['difference']:+.3f}", t["a_only"], t["b_only"],
-                                  f"{t['p_value']:.4f}"])) for t in figures["paired"]]))
+    console.print(columns_table("paired tests (exact McNemar, same prompts)",
+                                [dict(zip(PAIRED_HEADERS, paired_cells(t))) for t in figures["paired"]]))
     typer.echo(f"report: {figures['files']['report']}", err=True)
 
 

@@ -10,23 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
-
 from rlaif.report.figures import API_HEADERS, COLUMNS, api_rows, category_table, drops, exit_code, fmt, iteration_rows, loop_table, summary_of, with_ci
+from rlaif.report.pages import PAGES
 from rlaif.report.plots import accuracy_plot, drops_plot
 from rlaif.runs import atomic_write_bytes, check_finished
 
 __all__ = ["COLUMNS", "exit_code", "iteration_rows", "loop_table", "render", "with_ci", "write_report"]
-
-_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("rlaif.report", "templates"),
-                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
 
 
 def render(run: Path, state: dict) -> str:
     """The report page of `state` (RUN/loop.json) as HTML; model text and names are escaped."""
     plots = [p for p in (accuracy_plot(state), drops_plot(state)) if p]
     category_headers, category_rows = category_table(state)
-    return _TEMPLATES.get_template("report.html").render(
+    return PAGES.get_template("report.html").render(
         run=run, state=state, baseline=state.get("baseline") or {}, judge=state.get("judge_quality") or {},
         plots=plots, columns=COLUMNS, rows=iteration_rows(state), fmt=fmt, with_ci=with_ci,
         drops=lambda it: drops(summary_of(it, "filter")), api_headers=API_HEADERS, api=api_rows(state),

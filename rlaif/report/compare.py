@@ -5,8 +5,8 @@ Each run is an arm (its policy after each iteration, from its own start), and a 
 iteration with pairs kept, the judge's agreement with the reviewers on the kept pairs and wall time;
 a second gives exact McNemar tests between arms at each iteration (and of each policy against its
 start), paired on the same prompts, which detect differences far smaller than non-overlapping
-intervals do. Written to OUT/compare.html (with
-the plot inline), OUT/accuracy.svg (the plot alone, for docs) and OUT/compare.json.
+intervals do. Written to OUT/compare.html (with the plot inline), OUT/accuracy.svg (the plot alone,
+for docs) and OUT/compare.json.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from datetime import datetime
 from itertools import combinations
 from pathlib import Path
 
-import jinja2
-
 from rlaif.errors import RunError
 from rlaif.report.figures import agreement, ci_of, paired, summary_of, value_of, with_ci
+from rlaif.report.pages import PAGES
 from rlaif.report.plots import pyplot, to_svg
 from rlaif.runs import atomic_write_bytes, check_finished, dump_json
 
@@ -108,6 +107,12 @@ def paired_rows(arms: list[Arm]) -> list[dict]:
     return rows
 
 
+def paired_cells(test: dict) -> list:
+    """One paired test as the cells of a row under PAIRED_HEADERS."""
+    return [test["policy"], test["arm"], test["vs"], f"{test['difference']:+.3f}", test["a_only"], test["b_only"],
+            f"{test['p_value']:.4f}"]
+
+
 def accuracy_svg(arms: list[Arm]) -> str | None:
     """Greedy held-out rate with 95% intervals, per arm, after each iteration (0 = the start)."""
     if not any(value_of(m, KEY) is not None for arm in arms for _, m in arm.points):
@@ -141,15 +146,12 @@ def write_comparison(runs: list[Path], out: Path) -> dict:
                "files": {"report": str(out / "compare.html"), "plot": str(out / "accuracy.svg") if plot else None}}
     if plot:
         atomic_write_bytes(out / "accuracy.svg", ('<?xml version="1.0" encoding="utf-8"?>\n' + plot).encode())
-    env = jinja2.Environment(loader=jinja2.PackageLoader("rlaif.report", "templates"),
-                             autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
-    page = env.get_template("compare.html").render(
+    page = PAGES.get_template("compare.html").render(
         runs=runs, headers=HEADERS, rows=rows, plot=plot, paired_headers=PAIRED_HEADERS,
-        paired=[[t["policy"], t["arm"], t["vs"], f"{t['difference']:+.3f}", t["a_only"], t["b_only"],
-                 f"{t['p_value']:.4f}"] for t in tests])
+        paired=[paired_cells(t) for t in tests])
     atomic_write_bytes(out / "compare.html", page.encode())
     dump_json(out / "compare.json", figures)
     return figures
 
 
-__all__ = ["HEADERS", "PAIRED_HEADERS", "arm_rows", "arms_of", "paired_rows", "write_comparison"]
+__all__ = ["HEADERS", "PAIRED_HEADERS", "arm_rows", "arms_of", "paired_cells", "paired_rows", "write_comparison"]

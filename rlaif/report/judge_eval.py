@@ -6,18 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jinja2
-
 from rlaif.report.figures import fmt
+from rlaif.report.pages import PAGES
 from rlaif.report.plots import reliability_plot
 from rlaif.runs import atomic_write_bytes
 
 HEADERS = ["pairs", "judged", "agreement", "agreement_ci95", "tie_rate", "position_consistency",
            "first_position_rate", "ece", "longer_answer_rate", "length_slope"]
-
-_TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("rlaif.report", "templates"),
-                                autoescape=jinja2.select_autoescape(["html"]), undefined=jinja2.StrictUndefined)
-
 
 def cell(row: dict, header: str) -> str:
     value = row.get(header)
@@ -52,7 +47,7 @@ def render(figures: dict, source: str) -> str:
     rows = [("all", figures), *figures.get("by_split", {}).items(), *figures.get("by_category", {}).items()]
     title = f"{figures['judge_kind']} · {figures['judge_model']}"
     attacks = attack_rows(figures["injection"]) if figures.get("injection") else []
-    return _TEMPLATES.get_template("judge_eval.html").render(
+    return PAGES.get_template("judge_eval.html").render(
         figures=figures, source=source, headers=HEADERS, rows=rows, cell=cell, fmt=fmt,
         defences=defence_rows(figures), attacks=attacks,
         plot=reliability_plot(figures.get("reliability") or [], title))
