@@ -1,10 +1,10 @@
 """`pipelines/smollm2-ifeval.yaml` end to end on SmolLM2-135M-Instruct, at a tiny size (one iteration).
 
 The shipped file runs through `rlaif run` with the transformers engine (vLLM's start-up would dominate
-at this size), its prompted judge in place of the fine-tuned one (a 22-minute build), and sizes overridden; the test checks the
-parts that could go wrong: the merged LoRA policy, the simulated review answered by the verifiers, and
-the held-out evaluation per constraint type, with the unseen types apart, in loop.json and the report.
-The first three tests check those pieces on their own, without a model.
+at this size), its prompted judge in place of the fine-tuned one (a 22-minute build), and sizes
+overridden; the test checks the parts that could go wrong: the merged LoRA policy, the simulated review
+answered by the verifiers, and the held-out evaluation per constraint type, with the unseen types apart,
+in loop.json and the report. The first three tests check those pieces on their own, without a model.
 """
 
 from __future__ import annotations

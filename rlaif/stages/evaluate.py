@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import datasets
 
 from rlaif.config import EvaluateConfig, PipelineConfig
 from rlaif.engines import GenerationRequest, resolve_model
+from rlaif.engines.ledger import digest
 from rlaif.engines.vllm import VLLMEngine
 from rlaif.errors import ConfigError
 from rlaif.functions import load_function
@@ -108,7 +107,7 @@ def accuracy(checker, prompts: datasets.Dataset, outs: list[list[str]], solution
 def prompts_digest(prompts: datasets.Dataset) -> str:
     """A short hash of the prompts' ids (else their messages), in order: equal digests mean the same prompts."""
     column = prompts["id"] if "id" in prompts.column_names else prompts["messages"]
-    return hashlib.sha256(json.dumps(list(column), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(list(column))[:16]
 
 
 def checked_accuracy(engine, prompts: datasets.Dataset, checker, solution_column: str, *, temperature: float = 0.0,
