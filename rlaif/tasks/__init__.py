@@ -21,11 +21,12 @@ from rlaif import sources
 from rlaif.errors import ConfigError
 from rlaif.runs import atomic_write_bytes
 from rlaif.tasks import ifeval
+from rlaif.tasks.edits import edit_pairs
 from rlaif.tasks.ifeval import verify
 
 TASKS = {"ifeval-lite": ifeval}
 
-__all__ = ["TASKS", "resolve", "verify", "verify_prompted", "write"]
+__all__ = ["TASKS", "edit_pairs", "resolve", "verify", "verify_prompted", "write"]
 
 
 def known_names() -> list[str]:

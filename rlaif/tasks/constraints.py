@@ -34,7 +34,7 @@ def words(text: str) -> list[str]:
     return WORD.findall(text)
 
 
-def _has_word(text: str, word: str) -> bool:
+def has_word(text: str, word: str) -> bool:
     return re.search(rf"(?<![^\W_]){re.escape(word)}(?:e?s)?(?![^\W_])", text, re.IGNORECASE) is not None
 
 
@@ -55,11 +55,11 @@ def min_words(text: str, n: int) -> bool:
 
 
 def include_keyword(text: str, word: str) -> bool:
-    return _has_word(text, word)
+    return has_word(text, word)
 
 
 def avoid_keyword(text: str, word: str) -> bool:
-    return bool(words(text)) and not _has_word(text, word)
+    return bool(words(text)) and not has_word(text, word)
 
 
 def end_phrase(text: str, phrase: str) -> bool:
