@@ -418,6 +418,11 @@ class ExportConfig(StrictModel):
                                     "test split (split by prompt); null = none.")
     split_seed: int | None = Field(None, description="Seed of the split; default the pipeline's seed.")
     out: str | None = Field(None, description="Also write a copy here.")
+    extra_pairs: str | None = Field(
+        None, description="A function (module:function) that makes more training pairs from this iteration's "
+        "candidates, e.g. rlaif.tasks:edit_pairs (answers edited to obey or break their constraint, labelled by the "
+        "verifiers). It takes the candidates (a Dataset) and returns rows with prompt_id, prompt, chosen and rejected "
+        "(text). They join the train split only, with `strategy` naming the function; kind preference only.")
 
 
 class RayConfig(StrictModel):

@@ -150,3 +150,84 @@ def test_cli_filter_then_export_into_the_run(tmp_path):
     assert bad.returncode == 2 and "export.kind" in bad.stderr and "'preference', 'unpaired' or 'sft'" in bad.stderr
     bad = run_cli("export", run, "--format", "csv", "--out", tmp_path / "x")
     assert bad.returncode == 2 and "export.format" in bad.stderr and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------- extra pairs (export.extra_pairs)
+
+LOWERCASE = "Describe the sea in lowercase letters."
+
+
+def write_generate(run, rows: list[dict]) -> None:
+    """A finished generate stage holding `rows` (candidate columns plus the task's constraint columns)."""
+    from rlaif.records import CANDIDATE_FEATURES, with_columns
+    from rlaif.runs import StageWriter, stage_dir
+
+    features = with_columns(CANDIDATE_FEATURES, {"constraint": datasets.Value("string"),
+                                                 "constraint_args": datasets.Value("string")})
+    full = [{**{c: None for c in features}, "sampling": None, **r} for r in rows]
+    writer = StageWriter(stage_dir(run, "generate"), stage="generate", config_hash="crafted", input_fingerprint="x",
+                         config={}, num_shards=1, shard_size=64)
+    writer.write_shard(0, {"candidates": datasets.Dataset.from_list(full, features=features)}, 0.1,
+                       {"candidates": len(rows)})
+    writer.finish({})
+
+
+@pytest.fixture()
+def lowercase_run(tmp_path):
+    """4 lowercase prompts, each with one obeying and one breaking answer, judged by the verifier."""
+    run = tmp_path / "run"
+    texts = ("the sea is blue and deep.", "The Sea is wide, cold and grey today.")
+    generated, scored = [], []
+    for p in range(4):
+        for k, text in enumerate(texts):
+            row = {"prompt_id": f"sea-{p}", "candidate_index": k, "text": text, "finish_reason": "stop",
+                   "prompt": [{"role": "user", "content": f"{LOWERCASE} (#{p})"}]}
+            generated.append({**row, "constraint": "lowercase", "constraint_args": "{}"})
+            scored.append({**cand(f"sea-{p}", k, text, 1.0 - k), "prompt": row["prompt"]})
+    write_generate(run, generated)
+    write_judge(run, [(scored, [])])
+    assert run_cli("filter", run, "-q", "--set", "filter.strategy=all-above-margin", "--set",
+                   "filter.dedup_prompts=false").returncode == 0
+    return run
+
+
+def test_extra_pairs_join_the_train_split_only(lowercase_run):
+    from rlaif.tasks import verify
+
+    r = run_cli("export", lowercase_run, "--test-size", "0.25", "--set", "export.extra_pairs=rlaif.tasks:edit_pairs")
+    assert r.returncode == 0, r.stderr
+    path = lowercase_run / "iter-000" / "export" / "preference"
+    saved = datasets.load_from_disk(str(path))
+    test_prompts = set(saved["test"]["prompt_id"])
+    extra = [row for row in saved["train"] if row["strategy"] == "rlaif.tasks:edit_pairs"]
+    judged = [row for row in saved["train"] if row["strategy"] != "rlaif.tasks:edit_pairs"]
+    # 3 train prompts x 2 answers: each answer gives one edited pair; the held-out prompt gives none
+    assert len(test_prompts) == 1 and len(judged) == 3 and len(extra) == 6
+    assert not test_prompts & {row["prompt_id"] for row in extra}
+    chosen = [row["chosen"][0]["content"] for row in extra]
+    rejected = [row["rejected"][0]["content"] for row in extra]
+    assert verify(chosen, ["lowercase"] * 6, ["{}"] * 6) == [1.0] * 6
+    assert verify(rejected, ["lowercase"] * 6, ["{}"] * 6) == [0.0] * 6
+    assert all(row["judge_kind"] is None and row["chosen"][0]["role"] == "assistant" for row in extra)
+    record = json.loads((path / "rlaif_export.json").read_text())
+    assert record["extra pairs (rlaif.tasks:edit_pairs)"] == 6 and record["train rows"] == 9
+
+
+def rows_without_chosen(candidates):
+    return [{"prompt_id": "sea-0", "prompt": candidates[0]["prompt"], "rejected": "x"}]
+
+
+def test_extra_pairs_errors_name_the_field(lowercase_run):
+    from rlaif.config import load_config
+    from rlaif.stages.export import run_export
+
+    with pytest.raises(ConfigError) as e:
+        run_export(load_config(None, ["export.extra_pairs=test_export:rows_without_chosen"]), str(lowercase_run))
+    assert str(e.value) == ("field 'export.extra_pairs': test_export:rows_without_chosen returned row 0 without "
+                            "chosen; expected rows with prompt_id, prompt, chosen, rejected (chosen and rejected "
+                            "as text)")
+    bad = run_cli("export", lowercase_run, "--kind", "sft", "--set", "export.extra_pairs=rlaif.tasks:edit_pairs")
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "error: field 'export.extra_pairs' applies to export.kind preference, not 'sft'")
+    bad = run_cli("export", lowercase_run, "--set", "export.extra_pairs=rlaif.tasks:no_such_function")
+    assert bad.returncode == 2 and "export.extra_pairs" in bad.stderr and "Traceback" not in bad.stderr

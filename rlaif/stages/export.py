@@ -23,6 +23,7 @@ import datasets
 
 from rlaif.config import ExportConfig, PipelineConfig
 from rlaif.errors import ConfigError, InputError, RunError
+from rlaif.functions import load_function
 from rlaif.review.gate import check_gate, store_path
 from rlaif.runs import require_stage, sha256_file, stage_dir
 
@@ -241,6 +242,32 @@ def load_export(path: Path, kind: str) -> datasets.DatasetDict:
     return data
 
 
+EXTRA_COLUMNS = ("prompt_id", "prompt", "chosen", "rejected")
+
+
+def extra_pairs(spec: str, candidates: datasets.Dataset, like: datasets.Dataset, *, conversational: bool = True,
+                exclude_prompts: set[str] = frozenset()) -> datasets.Dataset:
+    """The pairs `spec` (module:function) makes from `candidates`, as rows of the export `like`: chosen and rejected
+    as the assistant turn, `strategy` naming the function, the judge's columns empty; prompts in
+    `exclude_prompts` (the test split's) are left out, so held-out prompts stay held out."""
+    made = load_function(spec, "export.extra_pairs")(candidates)
+    rows = made.to_list() if isinstance(made, datasets.Dataset) else list(made)
+    out = []
+    for k, r in enumerate(rows):
+        missing = [c for c in EXTRA_COLUMNS if r.get(c) is None]
+        if missing:
+            raise ConfigError(f"field 'export.extra_pairs': {spec} returned row {k} without {', '.join(missing)}; "
+                              f"expected rows with {', '.join(EXTRA_COLUMNS)} (chosen and rejected as text)")
+        if r["prompt_id"] in exclude_prompts:
+            continue
+        turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
+        prompt = r["prompt"] if conversational else _text(r["prompt"])
+        out.append({**{c: r.get(c) for c in like.column_names}, "pair_id": f"{r['prompt_id']}/extra-{k}",
+                    "prompt": prompt, "chosen": turn(r["chosen"]), "rejected": turn(r["rejected"]),
+                    "strategy": spec, "review_status": "unreviewed"})
+    return datasets.Dataset.from_list(out, features=like.features)
+
+
 def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_only: bool = False,
                min_agreement: float | None = None) -> dict:
     """Export `run/iter-K/filter/pairs` into `iter-K/export/<kind>/` (and `export.out`); returns a summary."""
@@ -250,8 +277,18 @@ def run_export(cfg: PipelineConfig, run: str, *, iteration: int = 0, reviewed_on
     pairs = apply_review(source.table("pairs"), reviewed_only=reviewed_only)
     seed = cfg.seed if e.split_seed is None else e.split_seed
     data = export(pairs, e.kind, conversational=e.conversational, test_size=e.test_size, seed=seed)
+    extra = None
+    if e.extra_pairs:
+        if e.kind != "preference":
+            raise ConfigError(f"field 'export.extra_pairs' applies to export.kind preference, not {e.kind!r}")
+        held_out = set(data["test"]["prompt_id"]) if "test" in data else set()
+        candidates = require_stage(run, "generate", iteration).table("candidates")
+        extra = extra_pairs(e.extra_pairs, candidates, data["train"], conversational=e.conversational,
+                            exclude_prompts=held_out)
+        data["train"] = datasets.concatenate_datasets([data["train"], extra])
     target = stage_dir(run, "export", iteration) / e.kind
     summary = {"kind": e.kind, "conversational": e.conversational, "pairs read": len(pairs),
+               **({f"extra pairs ({e.extra_pairs})": len(extra)} if extra is not None else {}),
                **{f"{split} rows": len(ds) for split, ds in data.items()}, "path": str(target)}
     if e.kind == "unpaired":
         summary["positives / negatives"] = f"{sum(data['train']['label'])} / {len(data['train']) - sum(data['train']['label'])}"
