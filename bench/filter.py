@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -63,7 +62,9 @@ def child(run: str, dedup: bool) -> None:
     t0 = time.perf_counter()
     m = run_filter(cfg, run, overwrite=True, progress=False)
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from peak_rss import high_water_mb  # this process's own high-water mark, not the parent's at the fork
+
+    peak = high_water_mb()
     print(json.dumps({"seconds": seconds, "rows": m.summary["candidates"], "pairs": m.summary["pairs"],
                       "duplicate_prompts": m.summary.get("dropped.duplicate_prompt", 0), "peak_rss_mb": peak}))
 

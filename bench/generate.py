@@ -101,20 +101,14 @@ def distilabel_run(model_path: str, input_path: str, k: int, max_new: int, batch
 
 
 def peak_rss_mb(input_path: str, run: str, model: str, *args: str) -> dict:
-    """Peak RSS of a real `rlaif generate` subprocess, and of its largest child process (vLLM's engine core)."""
-    code = (
-        "import resource, sys; sys.argv = ['rlaif'] + sys.argv[1:]\n"
-        "from rlaif.cli import app\n"
-        "try:\n    app(standalone_mode=False)\nfinally:\n"
-        "    print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
-        " resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, "generate", "--input", input_path, "--model", model,
-                          "--out", run, "-q", *args], capture_output=True, text=True, timeout=3600)
+    """Peak RSS of a real `rlaif generate` subprocess and of its largest child (vLLM's engine core), each
+    its own high-water mark (bench/peak_rss.py)."""
+    out = subprocess.run([sys.executable, str(HERE / "peak_rss.py"), "generate", "--input", input_path, "--model",
+                          model, "--out", run, "-q", *args], capture_output=True, text=True, timeout=3600)
     line = [x for x in out.stdout.splitlines() if x.startswith("RSS")]
     if out.returncode != 0 or not line:
         raise RuntimeError(out.stderr[-2000:])
-    own, child = map(float, line[0].split()[1:])
+    own, child = map(float, line[-1].split()[1:])
     return {"process": round(own, 1), "largest_child": round(child, 1)}
 
 
@@ -172,6 +166,8 @@ def main() -> None:
 
             engine = TransformersEngine(model_path, dtype="float32", batch_size=args.batch_size,
                                         display_name=args.model)
+            rlaif_stage(engine, args.model, str(write_prompts(Path(tmp) / "warm-up.jsonl", all_chats[:4])), 0, 4,
+                        args.batch_size)  # warm-up: the stage's first call (its imports, Parquet writer)
             rates = interleaved(
                 args.rounds,
                 direct=lambda r: direct_generate(model_path, all_chats[:hf_k], r, args.max_new_tokens, args.batch_size),
@@ -191,7 +187,9 @@ def main() -> None:
             engine = VLLMEngine(model_path, display_name=args.model, **VLLM_OPTIONS)
             texts = [engine.tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                      for c in all_chats[: args.prompts]]
-            raw_vllm(engine.llm, texts[:4], 4)  # warm-up
+            # warm-up of both sides: vLLM's first batches, and the stage's first call (its imports, Parquet writer)
+            raw_vllm(engine.llm, texts[:4], 4)
+            rlaif_stage(engine, args.model, str(write_prompts(Path(tmp) / "warm-up.jsonl", all_chats[:4])), 0, 4, 256)
             rates = interleaved(
                 args.rounds,
                 raw=lambda r: raw_vllm(engine.llm, texts, args.max_new_tokens),
