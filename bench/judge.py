@@ -82,7 +82,8 @@ def main():
     ap.add_argument("--model", default="toy:judge", help="toy:judge, smollm2:135m-instruct, or a model path.")
     ap.add_argument("--prompts", type=int, default=100)
     ap.add_argument("--rationale-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", default="128", help="Judge prompts per batch; several (e.g. 1,4,16) measure (a), "
+                    "(b) and (d) at each, the last one also for (c) and (e).")
     ap.add_argument("--repeats", type=int, default=3, help="Best of this many runs for (a) and (d).")
     ap.add_argument("--distilabel-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -100,7 +101,8 @@ def main():
     toy_model = args.model.startswith("toy:")
     model_path = resolve_model(args.model)
     torch.set_num_threads(os.cpu_count() or 1)
-    engine = TransformersEngine(model_path, dtype="float32", batch_size=args.batch_size, display_name=args.model)
+    batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
+    engine = TransformersEngine(model_path, dtype="float32", batch_size=batch_sizes[-1], display_name=args.model)
     data = candidates(args.prompts, toy_model)
     rows = data.to_list()
     n_pairs = args.prompts * 6
@@ -120,61 +122,74 @@ def main():
     tok, model = engine.tokenizer, engine.model
     one, two = tok.convert_tokens_to_ids("1"), tok.convert_tokens_to_ids("2")
 
-    def rlaif_pass():
+    def rlaif_pass(batch: int):
         """(a) rlaif, log-prob verdicts, both orders, through the judge stage's Python API."""
+        engine.batch_size = batch
         return rlaif.judge(data, judge, comparisons=True)[1]
 
-    # the floor's batches are rlaif's: the same prompts, sorted by token length, --batch-size at a time
+    # the floor's batches are rlaif's: the same prompts, sorted by token length, `batch` at a time
     order = sorted(keys, key=lambda k: len(tok(texts[k], add_special_tokens=False)["input_ids"]))
 
-    def floor_pass():
+    def floor_pass(batch: int):
         """(d) the floor: raw batched forward passes, last position's logits only, softmax over the verdicts."""
         p1 = {}
         with torch.inference_mode():
-            for s in range(0, len(order), args.batch_size):
-                chunk = order[s:s + args.batch_size]
+            for s in range(0, len(order), batch):
+                chunk = order[s:s + batch]
                 enc = tok([texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
                 last = model(**enc, logits_to_keep=1).logits[:, -1, [one, two]].float()
                 for k, p in zip(chunk, torch.softmax(last, -1)[:, 0].tolist()):
                     p1[k] = p
         return p1
 
-    # after a warm-up call, best of --repeats, the two interleaved so drifting load hits both alike
-    rlaif.judge(data.select(range(8)), judge)
-    best, outputs = {"a": float("inf"), "d": float("inf")}, {}
-    for _ in range(args.repeats):
-        for side, fn in (("a", rlaif_pass), ("d", floor_pass)):
-            t0 = time.perf_counter()
-            outputs[side] = fn()
-            best[side] = min(best[side], time.perf_counter() - t0)
-    comps, p1 = outputs["a"], outputs["d"]
-    pref = {(r["prompt_id"], r["candidate_a"], r["candidate_b"]): r["preference"] for r in comps}
-    results["(a) rlaif pairwise, log-probs"] = (n_pairs / best["a"], agreement(rows, lambda p, a, b: pref[(p, a, b)]))
-    results["(d) floor: raw forward pass"] = (
-        n_pairs / best["d"], agreement(rows, lambda p, a, b: (p1[(p, a, b)] + 1 - p1[(p, b, a)]) / 2))
-
-    # (b) a text judge: rationale of N tokens, then the verdict, per order
     from rlaif.judges.parsing import parse_verdict
 
-    t0 = time.perf_counter()
-    verdict = {}
-    with torch.inference_mode():
-        for s in range(0, len(keys), args.batch_size):
-            chunk = keys[s:s + args.batch_size]
-            enc = tok([cot_texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
-            out = model.generate(**enc, max_new_tokens=args.rationale_tokens + 4, min_new_tokens=args.rationale_tokens,
-                                 do_sample=False, pad_token_id=tok.pad_token_id, top_k=None, top_p=None)
-            for k, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
-                text = tok.decode(ids, skip_special_tokens=True)
-                v, _ = parse_verdict(text.splitlines()[-1] if text.strip() else text, ["1", "2"])
-                verdict[k] = None if v is None else float(v == "1")
-    secs = time.perf_counter() - t0
+    def text_pass(batch: int):
+        """(b) a text judge: a rationale of --rationale-tokens tokens, then the verdict, per order."""
+        verdict = {}
+        with torch.inference_mode():
+            for s in range(0, len(keys), batch):
+                chunk = keys[s:s + batch]
+                enc = tok([cot_texts[k] for k in chunk], return_tensors="pt", padding=True, add_special_tokens=False)
+                out = model.generate(**enc, max_new_tokens=args.rationale_tokens + 4,
+                                     min_new_tokens=args.rationale_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id, top_k=None, top_p=None)
+                for k, ids in zip(chunk, out[:, enc["input_ids"].shape[1]:]):
+                    text = tok.decode(ids, skip_special_tokens=True)
+                    v, _ = parse_verdict(text.splitlines()[-1] if text.strip() else text, ["1", "2"])
+                    verdict[k] = None if v is None else float(v == "1")
+        return verdict
 
-    def text_pref(p, a, b):
-        x, y = verdict[(p, a, b)], verdict[(p, b, a)]
-        return None if x is None or y is None else (x + 1 - y) / 2
+    def text_pref(verdict):
+        def pref(p, a, b):
+            x, y = verdict[(p, a, b)], verdict[(p, b, a)]
+            return None if x is None or y is None else (x + 1 - y) / 2
+        return pref
 
-    results[f"(b) text judge, {args.rationale_tokens}-token rationale"] = (n_pairs / secs, agreement(rows, text_pref))
+    # per batch size: after a warm-up call, (a) and (d) best of --repeats, interleaved so drifting load hits both
+    # alike; (b) once (one run of it outlasts several of the others)
+    rlaif.judge(data.select(range(8)), judge)
+    sweep = {}
+    for batch in batch_sizes:
+        best, outputs = {"a": float("inf"), "d": float("inf")}, {}
+        for _ in range(args.repeats):
+            for side, fn in (("a", rlaif_pass), ("d", floor_pass)):
+                t0 = time.perf_counter()
+                outputs[side] = fn(batch)
+                best[side] = min(best[side], time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        verdict = text_pass(batch)
+        best["b"] = time.perf_counter() - t0
+        comps, p1 = outputs["a"], outputs["d"]
+        pref = {(r["prompt_id"], r["candidate_a"], r["candidate_b"]): r["preference"] for r in comps}
+        sweep[batch] = {
+            "(a) rlaif pairwise, log-probs": (n_pairs / best["a"], agreement(rows, lambda p, a, b: pref[(p, a, b)])),
+            "(d) floor: raw forward pass": (
+                n_pairs / best["d"], agreement(rows, lambda p, a, b: (p1[(p, a, b)] + 1 - p1[(p, b, a)]) / 2)),
+            f"(b) text judge, {args.rationale_tokens}-token rationale": (n_pairs / best["b"],
+                                                                         agreement(rows, text_pref(verdict)))}
+    results.update(sweep[batch_sizes[-1]])
+    engine.batch_size = batch_sizes[-1]
 
     # (c) distilabel UltraFeedback + TransformersLLM
     try:
@@ -207,13 +222,23 @@ def main():
             print(f"| {name} | {rate:,.1f} | {base / rate:.2f} | {agree:.3f} |" if rate >= 10 else
                   f"| {name} | {rate:.3f} | {base / rate:.2f} | {agree:.3f} |")
     print(f"targets: (a)/(d) = {base / floor:.2f} (>= 0.90); (a)/(b) = {base / text:.1f} (>= 10)")
+    text_key = f"(b) text judge, {args.rationale_tokens}-token rationale"
+    ratios = {b: {"a_pairs_per_s": round(v["(a) rlaif pairwise, log-probs"][0], 4),
+                  "a_over_floor": round(v["(a) rlaif pairwise, log-probs"][0] / v["(d) floor: raw forward pass"][0], 3),
+                  "a_over_text": round(v["(a) rlaif pairwise, log-probs"][0] / v[text_key][0], 2)}
+              for b, v in sweep.items()}
+    if len(sweep) > 1:
+        print("| judge prompts per batch | (a) pairs/s | (a) / (d) floor | (a) / (b) text judge |\n|---|---|---|---|")
+        for b, r in ratios.items():
+            print(f"| {b} | {r['a_pairs_per_s']:.3f} | {r['a_over_floor']:.2f} | {r['a_over_text']:.1f} |")
     (HERE / "results").mkdir(exist_ok=True)
     name = "judge.json" if toy_model else f"judge-{args.model.replace(':', '-').replace('/', '_')}.json"
     (HERE / "results" / name).write_text(json.dumps(
         {"model": args.model, "pairs": n_pairs, "date": time.strftime("%Y-%m-%d"),
          "machine": f"{platform.machine()}, {os.cpu_count()} cores",
          "results": {k: {"pairs_per_s": r, "agreement": a} for k, (r, a) in results.items()},
-         "a_over_floor": round(base / floor, 3), "a_over_text": round(base / text, 2)}, indent=2))
+         "a_over_floor": round(base / floor, 3), "a_over_text": round(base / text, 2), "by_batch_size": ratios},
+        indent=2))
 
 
 def _groups(rows):
