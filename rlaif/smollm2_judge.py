@@ -4,7 +4,8 @@ A prompted 135M model is a position-biased judge, but the same model trained as 
 verifier-labelled pairs of its own answers (the approach of Prometheus, JudgeLM and Skywork-Critic)
 judges the instruction-following task well. The recipe is a pipeline file,
 `pipelines/smollm2-ifeval-rm.yaml`, run through the usual stages (generate, judge with the verifiers,
-filter to every pass-vs-fail pair, export, train rm) into a run directory under
+filter to every pass-vs-fail pair, export with minimal edit pairs beside them, train rm) into a run
+directory under
 `$RLAIF_CACHE/smollm2/`, so a killed build resumes and the build's data stays beside the weights.
 The directory's name carries a hash of the recipe, so a changed recipe builds a new judge.
 """

@@ -24,6 +24,7 @@ import datasets
 from rlaif.config import ExportConfig, PipelineConfig
 from rlaif.errors import ConfigError, InputError, RunError
 from rlaif.functions import load_function
+from rlaif.inputs import to_messages
 from rlaif.review.gate import check_gate, store_path
 from rlaif.runs import require_stage, sha256_file, stage_dir
 
@@ -252,6 +253,7 @@ def extra_pairs(spec: str, candidates: datasets.Dataset, like: datasets.Dataset,
     `exclude_prompts` (the test split's) are left out, so held-out prompts stay held out."""
     made = load_function(spec, "export.extra_pairs")(candidates)
     rows = made.to_list() if isinstance(made, datasets.Dataset) else list(made)
+    turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
     out = []
     for k, r in enumerate(rows):
         missing = [c for c in EXTRA_COLUMNS if r.get(c) is None]
@@ -260,11 +262,10 @@ def extra_pairs(spec: str, candidates: datasets.Dataset, like: datasets.Dataset,
                               f"expected rows with {', '.join(EXTRA_COLUMNS)} (chosen and rejected as text)")
         if r["prompt_id"] in exclude_prompts:
             continue
-        turn = (lambda text: [{"role": "assistant", "content": text}]) if conversational else (lambda text: text)
-        prompt = r["prompt"] if conversational else _text(r["prompt"])
+        prompt = to_messages(f"export.extra_pairs: {spec} row {k}", "prompt", r["prompt"])
         out.append({**{c: r.get(c) for c in like.column_names}, "pair_id": f"{r['prompt_id']}/extra-{k}",
-                    "prompt": prompt, "chosen": turn(r["chosen"]), "rejected": turn(r["rejected"]),
-                    "strategy": spec, "review_status": "unreviewed"})
+                    "prompt": prompt if conversational else _text(prompt), "chosen": turn(r["chosen"]),
+                    "rejected": turn(r["rejected"]), "strategy": spec, "review_status": "unreviewed"})
     return datasets.Dataset.from_list(out, features=like.features)
 
 
