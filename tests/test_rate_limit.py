@@ -20,7 +20,7 @@ import pytest
 
 from rlaif.engines import GenerationRequest
 from rlaif.engines.openai import OpenAIEngine
-from rlaif.engines.ratelimit import parse_duration, retry_after
+from rlaif.engines.ratelimit import LearnedBudget, parse_duration, retry_after
 from rlaif.records import SamplingParams
 
 SERVER = Path(__file__).with_name("rate_limited_server.py")
@@ -67,3 +67,31 @@ def test_limiter_adapts_to_a_429_storm(headers):
     assert sum(s == 200 for _, s in stats["log"]) == REQUESTS
     assert share_429 < 0.05, (share_429, {w: (v.count(200), v.count(429)) for w, v in sorted(windows.items())})
     assert served >= 0.8, (served, {w: (v.count(200), v.count(429)) for w, v in sorted(windows.items())})
+
+
+def test_a_late_429_realigns_the_window_and_only_a_second_one_shrinks_the_budget():
+    learned = LearnedBudget(limit=20, window=1.0, end=10.0, first_end=5.3, named_end=9.3, windows_named=4)
+    assert learned.wait(10.0, in_flight=0) == 0 and learned.remaining == 20  # a new window: the whole budget
+    for _ in range(20):
+        learned.booked()
+    for _ in range(5):
+        learned.answered()
+    learned.limited(10.3, sent_at=10.0)  # 429s after 5 answers: the windows drifted, the server's ends at 10.3
+    assert learned.wait(10.2, in_flight=15) > 0 and learned.wait(10.3, in_flight=0) == 0
+    assert learned.limit == 20 and learned.end == pytest.approx(11.3)
+    for _ in range(20):
+        learned.booked()
+    for _ in range(12):
+        learned.answered()
+    learned.limited(11.3, sent_at=10.3)  # again, in an aligned window: the budget shrank to what got through
+    learned.wait(11.3, in_flight=0)
+    assert learned.limit == 12
+
+
+def test_429s_of_one_window_answered_late_do_not_make_a_short_window():
+    learned = LearnedBudget()
+    learned.limited(1.0, sent_at=0.1)
+    learned.limited(1.3, sent_at=0.2)  # sent before the named end: the same window, answered late
+    assert learned.window is None and learned.end == 1.0
+    learned.limited(2.05, sent_at=1.0)  # sent after it: the next window
+    assert learned.window == pytest.approx(1.05)

@@ -98,20 +98,29 @@ class LearnedBudget:
     First window: everything goes until the 429 (nothing is known yet). Second: the learned budget,
     then one request at a time until a 429 names the window's end (and a success grows the budget).
     From then on: the budget at each window's start, nothing in between, no 429.
+
+    A 429 before this window's budget was used means the windows drifted apart (the window's length
+    was guessed from a late answer): it realigns the end and keeps the budget. A second one in the
+    next window means the budget shrank, and what got through in it becomes the budget.
     """
 
     limit: int | None = None  # requests answered per window
     window: float | None = None  # the window's length
     end: float | None = None  # the current window's end (None: unknown until a 429 names it)
-    first_end: float | None = None
+    first_end: float | None = None  # the first end a 429 named
+    named_end: float | None = None  # the last end a 429 named
+    windows_named: int = 0  # windows from the first named end to the last
     remaining: float = 0.0
     served: int = 0  # answered in the current window
     saturated: bool = False  # the current window ended in a 429: what got through in it is the budget
+    drifted: bool = False  # the current window's 429 came before its budget was used
+    drifted_before: bool = False  # ... and so did the previous window's
 
     def wait(self, now: float, in_flight: int) -> float:
         if self.end is not None and now >= self.end:  # the window turned over
             if self.saturated:  # late answers of the saturated window are in `served` by now
                 self.limit, self.saturated = max(self.served, 1), False
+            self.drifted_before, self.drifted = self.drifted, False
             if self.window:
                 self.end += self.window * max(1, math.ceil((now - self.end) / self.window))
             else:
@@ -131,19 +140,24 @@ class LearnedBudget:
         if self.limit is not None and self.served > self.limit:
             self.limit = self.served  # more got through than we thought the budget was
 
-    def limited(self, end: float) -> None:
-        """A 429 whose Retry-After ends at `end`."""
-        if self.end is not None and abs(end - self.end) < 0.05:
-            self.end = min(self.end, end)  # the same end again; the earliest word is the least late
+    def limited(self, end: float, sent_at: float) -> None:
+        """A 429 whose Retry-After ends at `end`, for a request sent at `sent_at`."""
+        if self.named_end is not None and sent_at < self.named_end:
+            # sent before the last named end: the same window, named again; the earliest word is the least late
+            if self.end == self.named_end:  # (not once the window has turned over)
+                self.end = min(self.end, end)
+            self.named_end = min(self.named_end, end)
             return
         if self.first_end is None:
-            self.first_end = end
-        else:  # averaged over every window since the first end, so jitter does not add up
-            guess = self.window or (end - (self.end or self.first_end))
-            k = round((end - self.first_end) / guess) if guess > 0.05 else 0
-            if k >= 1:
-                self.window = (end - self.first_end) / k
-        self.end, self.remaining, self.saturated = end, 0.0, True
+            self.first_end, self.named_end = end, end
+        else:  # a later window: count the windows step by step, average the length over all of them
+            guess = self.window or (end - self.named_end)
+            self.windows_named += max(1, round((end - self.named_end) / guess))
+            self.window, self.named_end = (end - self.first_end) / self.windows_named, end
+        drifted = (self.limit is not None and self.end is not None and self.served < self.limit
+                   and not self.drifted_before)
+        self.end, self.remaining = end, 0.0
+        self.drifted, self.saturated = drifted, not drifted
 
 
 @dataclass
@@ -159,6 +173,7 @@ class RateLimiter:
     next_request: float = 0.0
     next_tokens: float = 0.0
     in_flight: dict[int, int] = field(default_factory=dict)  # ticket -> its estimated tokens
+    sent_at: dict[int, float] = field(default_factory=dict)  # ticket -> when it was booked
     tickets: int = 0
     headers_seen: bool = False
 
@@ -187,16 +202,19 @@ class RateLimiter:
         self.learned.booked()
         self.tickets += 1
         self.in_flight[self.tickets] = tokens
+        self.sent_at[self.tickets] = now
         return self.tickets
 
     def release(self, ticket: int) -> None:
         """The request never got an answer (connection error, timeout)."""
         self.in_flight.pop(ticket, None)
+        self.sent_at.pop(ticket, None)
 
     def observe(self, ticket: int, status: int, headers) -> None:
         """Learn from one answer: its rate-limit headers, and a 429's Retry-After."""
         now = time.monotonic()
         self.in_flight.pop(ticket, None)
+        sent_at = self.sent_at.pop(ticket, now)
         # requests still in flight may not have been counted when the server answered: assume none were
         pending = list(self.in_flight.values())
         for kind, budget, sent_later in (("requests", self.requests, len(pending)), ("tokens", self.tokens, sum(pending))):
@@ -213,7 +231,7 @@ class RateLimiter:
         end = now + wait
         self.paused_until = max(self.paused_until, end)
         if not self.headers_seen:
-            self.learned.limited(end)
+            self.learned.limited(end, sent_at)
         if self.requests.remaining is not None:
             self.requests.remaining = min(self.requests.remaining, 0)
             self.requests.reset_at = max(self.requests.reset_at, end) if self.requests.reset_at != math.inf else end
