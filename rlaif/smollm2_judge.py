@@ -58,7 +58,7 @@ def resolve(name: str) -> str:
     run = build_dir(recipe())
     if not (run / BUILT).is_file():
         raise ConfigError(f"{name!r} is not built yet: run `{BUILD_COMMAND}` once (it trains a reward model from "
-                          f"smollm2:135m-instruct into {run}; about 22 minutes on 2 idle CPU cores)")
+                          f"smollm2:135m-instruct into {run}; about 66 minutes on 2 idle CPU cores)")
     return str(model_dir(run))
 
 

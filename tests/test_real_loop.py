@@ -1,7 +1,7 @@
 """`pipelines/smollm2-ifeval.yaml` end to end on SmolLM2-135M-Instruct, at a tiny size (one iteration).
 
 The shipped file runs through `rlaif run` with the transformers engine (vLLM's start-up would dominate
-at this size), its prompted judge in place of the fine-tuned one (a 22-minute build), and sizes
+at this size), its prompted judge in place of the fine-tuned one (a 66-minute build), and sizes
 overridden; the test checks the parts that could go wrong: the merged LoRA policy, the simulated review
 answered by the verifiers, and the held-out evaluation per constraint type, with the unseen types apart,
 in loop.json and the report. The first three tests check those pieces on their own, without a model.
@@ -25,7 +25,7 @@ from rlaif.tasks.ifeval import HELD_OUT_TYPES, rows
 
 PIPELINE = Path(__file__).parent.parent / "pipelines" / "smollm2-ifeval.yaml"
 HELD_OUT_PROMPTS = 12  # the first 12 test rows hold 12 categories, the three unseen types among them
-# The file's judge (smollm2:135m-ifeval-rm) takes 22 minutes to build, so the smoke test judges with the
+# The file's judge (smollm2:135m-ifeval-rm) takes 66 minutes to build, so the smoke test judges with the
 # prompted base model (its other judge, `judge.kind=pairwise`), whose plumbing has more parts: both orders,
 # verdict tokens, the judge gate.
 PROMPTED_JUDGE = ["judge.kind=pairwise", "judge.model=smollm2:135m-instruct"]

@@ -42,6 +42,8 @@ def test_a_tiny_build_trains_a_reward_model_that_scores_answers(smollm2_path):
         assert json.loads((run / smollm2_judge.BUILT).read_text()) == built
         assert built["model"] == str(smollm2_judge.model_dir(run)) and (run / "iter-000" / "reward_model").is_dir()
         assert read_manifest(stage_dir(run, "judge")).config["kind"] == "verifier"  # labelled by the verifiers
+        extra = built["export"]["extra pairs (rlaif.tasks:edit_pairs)"]  # minimal pairs beside the judged ones
+        assert 0 < extra < built["train_pairs"] == built["export"]["train rows"]
         # a build killed after training resumes without redoing a stage
         (run / smollm2_judge.BUILT).unlink()
         finished = {stage: (stage_dir(run, stage) / "manifest.json").read_text() for stage in ("generate", "judge")}
