@@ -95,3 +95,5 @@ def test_429s_of_one_window_answered_late_do_not_make_a_short_window():
     assert learned.window is None and learned.end == 1.0
     learned.limited(2.05, sent_at=1.0)  # sent after it: the next window
     assert learned.window == pytest.approx(1.05)
+    learned.limited(2.05, sent_at=2.05)  # `Retry-After: 0` at the named end itself: that window again
+    assert learned.windows_named == 1 and learned.window == pytest.approx(1.05)

@@ -142,8 +142,9 @@ class LearnedBudget:
 
     def limited(self, end: float, sent_at: float) -> None:
         """A 429 whose Retry-After ends at `end`, for a request sent at `sent_at`."""
-        if self.named_end is not None and sent_at < self.named_end:
-            # sent before the last named end: the same window, named again; the earliest word is the least late
+        if self.named_end is not None and (sent_at < self.named_end or end <= self.named_end):
+            # sent before the last named end, or ending no later: the same window, named again; the earliest
+            # word is the least late
             if self.end == self.named_end:  # (not once the window has turned over)
                 self.end = min(self.end, end)
             self.named_end = min(self.named_end, end)
